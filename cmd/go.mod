@@ -1,0 +1,3 @@
+module github.com/cbroker/broker/cmd
+
+go 1.26.8

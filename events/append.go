@@ -1,0 +1,90 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Header names set on every event message.
+const (
+	// HeaderType carries the event type, so a consumer can skip a message
+	// without decoding its body.
+	HeaderType = "Cb-Type"
+)
+
+// Ack is the stream's acknowledgement of an append.
+type Ack struct {
+	// Seq is the stream sequence of the event; for a duplicate, the sequence
+	// of the event first stored under the same key.
+	Seq uint64
+	// Duplicate is true when an event with the same key was already stored
+	// within the duplicate window and this append stored nothing.
+	Duplicate bool
+}
+
+// Msg returns the NATS message for an envelope: its subject, its encoded body
+// and its Nats-Msg-Id, which is always the envelope's deterministic Key. It is
+// the one place messages for the event stream are built.
+func Msg(e Envelope) (*nats.Msg, error) {
+	body, err := Encode(e)
+	if err != nil {
+		return nil, err
+	}
+	m := nats.NewMsg(e.Subject())
+	m.Data = body
+	m.Header.Set(jetstream.MsgIDHeader, e.Key)
+	m.Header.Set(HeaderType, string(e.Type))
+	return m, nil
+}
+
+// Append stores one event and waits for the stream's acknowledgement.
+func Append(ctx context.Context, js jetstream.JetStream, e Envelope) (Ack, error) {
+	m, err := Msg(e)
+	if err != nil {
+		return Ack{}, err
+	}
+	pa, err := js.PublishMsg(ctx, m, jetstream.WithExpectStream(StreamName))
+	if err != nil {
+		return Ack{}, fmt.Errorf("appending %s for %s: %w", e.Type, e.AggregateID, err)
+	}
+	return Ack{Seq: pa.Sequence, Duplicate: pa.Duplicate}, nil
+}
+
+// AppendAll stores events in order with pipelined publishes and waits for
+// every acknowledgement. On error some events may be stored and others not;
+// calling AppendAll again with the same envelopes is safe, because each
+// carries its idempotency key.
+func AppendAll(ctx context.Context, js jetstream.JetStream, envs []Envelope) ([]Ack, error) {
+	futures := make([]jetstream.PubAckFuture, 0, len(envs))
+	for _, e := range envs {
+		m, err := Msg(e)
+		if err != nil {
+			return nil, err
+		}
+		f, err := js.PublishMsgAsync(m, jetstream.WithExpectStream(StreamName))
+		if err != nil {
+			return nil, fmt.Errorf("appending %s for %s: %w", e.Type, e.AggregateID, err)
+		}
+		futures = append(futures, f)
+	}
+	acks := make([]Ack, len(futures))
+	var errs []error
+	for i, f := range futures {
+		select {
+		case pa := <-f.Ok():
+			acks[i] = Ack{Seq: pa.Sequence, Duplicate: pa.Duplicate}
+		case err := <-f.Err():
+			errs = append(errs, fmt.Errorf("appending %s for %s: %w", envs[i].Type, envs[i].AggregateID, err))
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return acks, nil
+}

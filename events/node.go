@@ -1,0 +1,46 @@
+package events
+
+import "time"
+
+// NodeRegistered adds a Docker host to the pool. Hostname is its Docker API
+// address; Slots is the number of slots per execution type.
+type NodeRegistered struct {
+	NodeID         string         `json:"node_id"`
+	Hostname       string         `json:"hostname"`
+	Slots          map[string]int `json:"slots"`
+	RunnerProvider string         `json:"runner_provider"`
+	RegisteredAt   time.Time      `json:"registered_at"`
+}
+
+// EventType implements Payload.
+func (*NodeRegistered) EventType() Type { return TypeNodeRegistered }
+
+// NodeUp reports that a node's Docker API answers again; it becomes available.
+type NodeUp struct {
+	NodeID string    `json:"node_id"`
+	At     time.Time `json:"at"`
+}
+
+// EventType implements Payload.
+func (*NodeUp) EventType() Type { return TypeNodeUp }
+
+// NodeUnstable reports a first failed probe: no new work goes to the node.
+type NodeUnstable struct {
+	NodeID string    `json:"node_id"`
+	Error  string    `json:"error"`
+	At     time.Time `json:"at"`
+}
+
+// EventType implements Payload.
+func (*NodeUnstable) EventType() Type { return TypeNodeUnstable }
+
+// NodeDown reports that a node failed its probes for longer than the grace
+// period; it is unavailable.
+type NodeDown struct {
+	NodeID string    `json:"node_id"`
+	Error  string    `json:"error"`
+	At     time.Time `json:"at"`
+}
+
+// EventType implements Payload.
+func (*NodeDown) EventType() Type { return TypeNodeDown }

@@ -1,0 +1,104 @@
+package events
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Names of the JetStream assets the broker uses.
+const (
+	// StreamName is the one stream that holds every domain event.
+	StreamName = "CB_EVENTS"
+	// BucketTasks holds one JSON view per task, keyed by task id.
+	BucketTasks = "cb_tasks"
+	// BucketNodes holds one JSON view per node, keyed by node id.
+	BucketNodes = "cb_nodes"
+	// BucketMeta holds bookkeeping such as the projector's last applied
+	// sequence (key KeyProjectorSeq).
+	BucketMeta = "cb_meta"
+	// ObjectStoreLogs holds container logs, one object per task attempt
+	// (see LogObjectName).
+	ObjectStoreLogs = "cb_logs"
+
+	// KeyProjectorSeq is the BucketMeta key holding the last stream sequence
+	// the projector wrote to the views.
+	KeyProjectorSeq = "projector.last_seq"
+)
+
+// DuplicateWindow is how long JetStream remembers a Nats-Msg-Id.
+const DuplicateWindow = 2 * time.Minute
+
+// StreamConfig returns the definition of the event stream: file storage, no
+// size or age limits (an audit log does not silently drop history), new
+// messages refused rather than old ones dropped if limits are ever set,
+// deletes and purges denied.
+func StreamConfig(replicas int) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        StreamName,
+		Description: "container broker domain events",
+		Subjects:    []string{AllSubjects},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxMsgs:     -1,
+		MaxBytes:    -1,
+		MaxAge:      0,
+		Duplicates:  DuplicateWindow,
+		DenyDelete:  true,
+		DenyPurge:   true,
+		Replicas:    max(replicas, 1),
+	}
+}
+
+// KeyValueConfigs returns the definitions of the view buckets.
+func KeyValueConfigs(replicas int) []jetstream.KeyValueConfig {
+	mk := func(name, desc string) jetstream.KeyValueConfig {
+		return jetstream.KeyValueConfig{
+			Bucket:      name,
+			Description: desc,
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    max(replicas, 1),
+		}
+	}
+	return []jetstream.KeyValueConfig{
+		mk(BucketTasks, "task views projected from "+StreamName),
+		mk(BucketNodes, "node views projected from "+StreamName),
+		mk(BucketMeta, "projection bookkeeping"),
+	}
+}
+
+// ObjectStoreConfig returns the definition of the log archive.
+func ObjectStoreConfig(replicas int) jetstream.ObjectStoreConfig {
+	return jetstream.ObjectStoreConfig{
+		Bucket:      ObjectStoreLogs,
+		Description: "container logs, one object per task attempt",
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	}
+}
+
+// LogObjectName names the archived logs of one task attempt.
+func LogObjectName(taskID string, attempt int) string {
+	return fmt.Sprintf("%s/%d", taskID, attempt)
+}
+
+// Ensure creates or updates the stream, the KV buckets and the object store
+// with the given replication factor.
+func Ensure(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(replicas)); err != nil {
+		return fmt.Errorf("ensuring stream %s: %w", StreamName, err)
+	}
+	for _, cfg := range KeyValueConfigs(replicas) {
+		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+			return fmt.Errorf("ensuring bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	if _, err := js.CreateOrUpdateObjectStore(ctx, ObjectStoreConfig(replicas)); err != nil {
+		return fmt.Errorf("ensuring object store %s: %w", ObjectStoreLogs, err)
+	}
+	return nil
+}

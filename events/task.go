@@ -1,0 +1,138 @@
+package events
+
+import "time"
+
+// TaskSubmitted records an accepted submission with everything the fold
+// needs, resolved by the writer: the fold never reads config or a clock.
+type TaskSubmitted struct {
+	TaskID        string            `json:"task_id"`
+	Name          string            `json:"name"`
+	Image         string            `json:"image"`
+	Cmd           string            `json:"cmd"`
+	ExecutionType string            `json:"execution_type"`
+	StorageMounts map[string]string `json:"storage_mounts,omitempty"` // mount name → path inside the container
+	Tags          map[string]string `json:"tags,omitempty"`
+	PersistLogs   bool              `json:"persist_logs,omitempty"`
+	// MaxRetries is the number of retries after the first attempt (the seed's
+	// default is 3, so at most 4 attempts).
+	MaxRetries     int       `json:"max_retries"`
+	IdempotencyKey string    `json:"idempotency_key,omitempty"`
+	CreatedAt      time.Time `json:"created_at"`
+}
+
+// EventType implements Payload.
+func (*TaskSubmitted) EventType() Type { return TypeTaskSubmitted }
+
+// SlotReserved is the scheduler's proposal to run attempt Attempt of a task
+// in a slot of a node. The fold accepts it only if the task is waiting for
+// exactly that attempt and the slot is free.
+type SlotReserved struct {
+	TaskID        string `json:"task_id"`
+	Attempt       int    `json:"attempt"`
+	NodeID        string `json:"node_id"`
+	SlotID        string `json:"slot_id"`
+	ContainerName string `json:"container_name"`
+}
+
+// EventType implements Payload.
+func (*SlotReserved) EventType() Type { return TypeTaskSlotReserved }
+
+// ContainerStarted is the runner's report that an attempt's container runs.
+type ContainerStarted struct {
+	TaskID        string    `json:"task_id"`
+	Attempt       int       `json:"attempt"`
+	NodeID        string    `json:"node_id"`
+	ContainerID   string    `json:"container_id"`
+	ContainerName string    `json:"container_name"`
+	StartedAt     time.Time `json:"started_at"`
+}
+
+// EventType implements Payload.
+func (*ContainerStarted) EventType() Type { return TypeTaskContainerStarted }
+
+// StartFailed is the runner's report that an attempt's container could not be
+// created or started (image missing, Docker error, ...). NodeFault tells
+// whether the node rather than the task is to blame.
+type StartFailed struct {
+	TaskID    string `json:"task_id"`
+	Attempt   int    `json:"attempt"`
+	NodeID    string `json:"node_id"`
+	Error     string `json:"error"`
+	NodeFault bool   `json:"node_fault,omitempty"`
+}
+
+// EventType implements Payload.
+func (*StartFailed) EventType() Type { return TypeTaskStartFailed }
+
+// ContainerExited is the runner's report that an attempt's container ended.
+type ContainerExited struct {
+	TaskID     string    `json:"task_id"`
+	Attempt    int       `json:"attempt"`
+	NodeID     string    `json:"node_id"`
+	ExitCode   int       `json:"exit_code"`
+	OOMKilled  bool      `json:"oom_killed,omitempty"`
+	Error      string    `json:"error,omitempty"`
+	StartedAt  time.Time `json:"started_at,omitzero"`
+	FinishedAt time.Time `json:"finished_at,omitzero"`
+}
+
+// EventType implements Payload.
+func (*ContainerExited) EventType() Type { return TypeTaskContainerExited }
+
+// LogsArchived records that an attempt's whole stdout and stderr were stored
+// in the log object store under Object.
+type LogsArchived struct {
+	TaskID    string `json:"task_id"`
+	Attempt   int    `json:"attempt"`
+	Object    string `json:"object"`
+	Bytes     int64  `json:"bytes"`
+	Truncated bool   `json:"truncated,omitempty"`
+}
+
+// EventType implements Payload.
+func (*LogsArchived) EventType() Type { return TypeTaskLogsArchived }
+
+// TaskCompleted is the scheduler's decision that a task succeeded: its
+// current attempt exited with code 0. A self-contained outcome event.
+type TaskCompleted struct {
+	TaskID   string `json:"task_id"`
+	Attempt  int    `json:"attempt"`
+	ExitCode int    `json:"exit_code"`
+}
+
+// EventType implements Payload.
+func (*TaskCompleted) EventType() Type { return TypeTaskCompleted }
+
+// Retry and failure causes.
+const (
+	CauseExitCode   = "exit_code"
+	CauseStartError = "start_error"
+)
+
+// TaskRetrying is the scheduler's decision to run a task again after its
+// current attempt failed. NotBefore is resolved by the scheduler.
+type TaskRetrying struct {
+	TaskID      string    `json:"task_id"`
+	Attempt     int       `json:"attempt"`
+	NextAttempt int       `json:"next_attempt"`
+	NotBefore   time.Time `json:"not_before,omitzero"`
+	Cause       string    `json:"cause"`
+	Error       string    `json:"error,omitempty"`
+	ExitCode    *int      `json:"exit_code,omitempty"`
+}
+
+// EventType implements Payload.
+func (*TaskRetrying) EventType() Type { return TypeTaskRetrying }
+
+// TaskFailed is the scheduler's decision that a task has failed for good:
+// its retries are exhausted. A self-contained outcome event.
+type TaskFailed struct {
+	TaskID   string `json:"task_id"`
+	Attempt  int    `json:"attempt"`
+	Cause    string `json:"cause"`
+	Error    string `json:"error,omitempty"`
+	ExitCode *int   `json:"exit_code,omitempty"`
+}
+
+// EventType implements Payload.
+func (*TaskFailed) EventType() Type { return TypeTaskFailed }

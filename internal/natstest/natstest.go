@@ -1,0 +1,68 @@
+// Package natstest starts real, embedded NATS servers with JetStream for
+// tests: one per test, with its own store directory and a random port.
+package natstest
+
+import (
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cbroker/broker/events"
+)
+
+// Server is a running embedded server and a client connection to it.
+type Server struct {
+	Server *server.Server
+	Conn   *nats.Conn
+	JS     jetstream.JetStream
+	// StoreDir is the server's JetStream store directory.
+	StoreDir string
+}
+
+// Run starts an embedded JetStream server on a random loopback port with a
+// store in dir (a new temporary directory when dir is ""), connects to it and
+// creates the broker's stream, buckets and object store. Everything is shut
+// down when the test ends.
+func Run(t testing.TB, dir string) *Server {
+	t.Helper()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	srv, err := server.NewServer(&server.Options{
+		ServerName: "natstest",
+		Host:       "127.0.0.1",
+		Port:       server.RANDOM_PORT,
+		JetStream:  true,
+		StoreDir:   dir,
+		NoLog:      true,
+		NoSigs:     true,
+	})
+	if err != nil {
+		t.Fatalf("creating nats-server: %v", err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	})
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatalf("connecting to nats-server: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	if err := events.Ensure(t.Context(), js, 1); err != nil {
+		t.Fatalf("creating streams: %v", err)
+	}
+	return &Server{Server: srv, Conn: nc, JS: js, StoreDir: dir}
+}

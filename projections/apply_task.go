@@ -1,0 +1,251 @@
+package projections
+
+import (
+	"time"
+
+	"slices"
+
+	"github.com/cbroker/broker/events"
+)
+
+func (s *State) applySubmitted(env events.Envelope, p *events.TaskSubmitted) error {
+	switch {
+	case p.TaskID != env.AggregateID:
+		return rejectf("payload task %q does not match aggregate %q", p.TaskID, env.AggregateID)
+	case s.Tasks[p.TaskID] != nil:
+		return rejectf("task %s already exists", p.TaskID)
+	case p.ExecutionType == "":
+		return rejectf("task %s has no execution type", p.TaskID)
+	case p.MaxRetries < 0:
+		return rejectf("task %s has negative max_retries %d", p.TaskID, p.MaxRetries)
+	}
+	t := &Task{
+		ID:             p.TaskID,
+		Name:           p.Name,
+		Image:          p.Image,
+		Cmd:            p.Cmd,
+		ExecutionType:  p.ExecutionType,
+		StorageMounts:  p.StorageMounts,
+		Tags:           p.Tags,
+		PersistLogs:    p.PersistLogs,
+		MaxRetries:     p.MaxRetries,
+		IdempotencyKey: p.IdempotencyKey,
+		CorrelationID:  env.CorrelationID,
+		CreatedAt:      p.CreatedAt,
+		SubmitSeq:      env.Seq,
+		Status:         TaskWaiting,
+		LastEventID:    env.ID,
+	}
+	s.Tasks[t.ID] = t
+	s.enqueue(t)
+	return nil
+}
+
+func (s *State) applyReserved(t *Task, p *events.SlotReserved) error {
+	if !t.Queued() {
+		return rejectf("task %s is %s, not waiting for a slot", t.ID, t.Status)
+	}
+	if p.Attempt != t.Attempt+1 {
+		return rejectf("attempt %d of task %s is not the next attempt (%d)", p.Attempt, t.ID, t.Attempt+1)
+	}
+	if p.ContainerName == "" {
+		return rejectf("reservation for task %s has no container name", t.ID)
+	}
+	n, ok := s.Nodes[p.NodeID]
+	if !ok {
+		return rejectf("node %s does not exist", p.NodeID)
+	}
+	if !n.Schedulable() {
+		return rejectf("node %s is %s and accept_new_tasks=%t", n.ID, n.Status, n.AcceptNewTasks)
+	}
+	slot := n.Slot(p.SlotID)
+	switch {
+	case slot == nil:
+		return rejectf("node %s has no slot %s", n.ID, p.SlotID)
+	case slot.ExecutionType != t.ExecutionType:
+		return rejectf("slot %s of node %s is for %s, not %s", slot.ID, n.ID, slot.ExecutionType, t.ExecutionType)
+	case slot.Status != SlotAvailable:
+		return rejectf("slot %s of node %s is %s for task %s attempt %d", slot.ID, n.ID, slot.Status, slot.TaskID, slot.Attempt)
+	}
+	s.dequeue(t)
+	t.Status = TaskStarting
+	t.Attempt = p.Attempt
+	t.NodeID, t.SlotID, t.ContainerName, t.ContainerID = n.ID, slot.ID, p.ContainerName, ""
+	t.AttemptEnded, t.StartFailed = false, false
+	slot.Status, slot.TaskID, slot.Attempt = SlotAttaching, t.ID, t.Attempt
+	s.active[t.ID] = t
+	return nil
+}
+
+// currentAttempt checks that a runner report is about the task's current,
+// still running attempt on the node it was reserved on.
+func currentAttempt(t *Task, attempt int, nodeID string) error {
+	switch {
+	case attempt != t.Attempt:
+		return rejectf("attempt %d of task %s is not current (current %d)", attempt, t.ID, t.Attempt)
+	case !t.Active():
+		return rejectf("attempt %d of task %s is not running (task %s)", attempt, t.ID, t.Status)
+	case nodeID != t.NodeID:
+		return rejectf("attempt %d of task %s runs on node %s, not %s", attempt, t.ID, t.NodeID, nodeID)
+	}
+	return nil
+}
+
+func (s *State) applyStarted(t *Task, p *events.ContainerStarted) error {
+	if err := currentAttempt(t, p.Attempt, p.NodeID); err != nil {
+		return err
+	}
+	if t.Status != TaskStarting {
+		return rejectf("attempt %d of task %s was already started", p.Attempt, t.ID)
+	}
+	t.Status = TaskStarted
+	t.ContainerID = p.ContainerID
+	t.StartedAt = p.StartedAt
+	t.FinishedAt = time.Time{}
+	if slot := s.slotOf(t); slot != nil {
+		slot.Status = SlotRunning
+	}
+	return nil
+}
+
+func (s *State) applyStartFailed(t *Task, p *events.StartFailed) error {
+	if err := currentAttempt(t, p.Attempt, p.NodeID); err != nil {
+		return err
+	}
+	if t.Status != TaskStarting {
+		return rejectf("attempt %d of task %s already started; it cannot fail to start", p.Attempt, t.ID)
+	}
+	t.StartFailed = true
+	t.Error = p.Error
+	s.endAttempt(t)
+	return nil
+}
+
+func (s *State) applyExited(t *Task, p *events.ContainerExited) error {
+	if err := currentAttempt(t, p.Attempt, p.NodeID); err != nil {
+		return err
+	}
+	code := p.ExitCode
+	t.ExitCode = &code
+	t.Error = p.Error
+	if p.OOMKilled && t.Error == "" {
+		t.Error = "container was killed: out of memory"
+	}
+	if !p.StartedAt.IsZero() {
+		t.StartedAt = p.StartedAt
+	}
+	t.FinishedAt = p.FinishedAt
+	s.endAttempt(t)
+	return nil
+}
+
+// endAttempt releases the attempt's slot and leaves the task waiting for the
+// scheduler's decision.
+func (s *State) endAttempt(t *Task) {
+	if slot := s.slotOf(t); slot != nil {
+		slot.Status, slot.TaskID, slot.Attempt = SlotAvailable, "", 0
+	}
+	t.AttemptEnded = true
+	delete(s.active, t.ID)
+	s.awaiting[t.ID] = t
+}
+
+// slotOf returns the slot held by the task's current attempt, or nil.
+func (s *State) slotOf(t *Task) *Slot {
+	n, ok := s.Nodes[t.NodeID]
+	if !ok {
+		return nil
+	}
+	slot := n.Slot(t.SlotID)
+	if slot == nil || slot.TaskID != t.ID || slot.Attempt != t.Attempt {
+		return nil
+	}
+	return slot
+}
+
+func applyLogsArchived(t *Task, p *events.LogsArchived) error {
+	if p.Attempt < 1 || p.Attempt > t.Attempt {
+		return rejectf("task %s has no attempt %d", t.ID, p.Attempt)
+	}
+	if p.Object == "" {
+		return rejectf("logs of task %s attempt %d have no object", t.ID, p.Attempt)
+	}
+	i, found := slices.BinarySearchFunc(t.Logs, p.Attempt, func(l LogRef, a int) int { return l.Attempt - a })
+	if found {
+		return rejectf("logs of task %s attempt %d are already archived", t.ID, p.Attempt)
+	}
+	t.Logs = slices.Insert(t.Logs, i, LogRef{Attempt: p.Attempt, Object: p.Object, Bytes: p.Bytes, Truncated: p.Truncated})
+	return nil
+}
+
+// decidable checks that a decision is about the task's current attempt, which
+// has ended and has no decision yet.
+func decidable(t *Task, attempt int) error {
+	switch {
+	case attempt != t.Attempt:
+		return rejectf("attempt %d of task %s is not current (current %d)", attempt, t.ID, t.Attempt)
+	case !t.AttemptEnded:
+		return rejectf("attempt %d of task %s has not ended or was already decided (task %s)", attempt, t.ID, t.Status)
+	}
+	return nil
+}
+
+func (t *Task) succeeded() bool {
+	return !t.StartFailed && t.ExitCode != nil && *t.ExitCode == 0
+}
+
+func (s *State) applyCompleted(t *Task, p *events.TaskCompleted) error {
+	if err := decidable(t, p.Attempt); err != nil {
+		return err
+	}
+	if !t.succeeded() {
+		return rejectf("attempt %d of task %s did not succeed", p.Attempt, t.ID)
+	}
+	t.Status = TaskCompleted
+	t.Error = ""
+	s.decided(t)
+	return nil
+}
+
+func (s *State) applyRetrying(t *Task, p *events.TaskRetrying) error {
+	if err := decidable(t, p.Attempt); err != nil {
+		return err
+	}
+	switch {
+	case t.succeeded():
+		return rejectf("attempt %d of task %s succeeded; it is not retried", p.Attempt, t.ID)
+	case t.TryCount >= t.MaxRetries:
+		return rejectf("task %s has used its %d retries", t.ID, t.MaxRetries)
+	case p.NextAttempt != t.Attempt+1:
+		return rejectf("next attempt of task %s is %d, not %d", t.ID, t.Attempt+1, p.NextAttempt)
+	}
+	t.Status = TaskRetry
+	t.TryCount++
+	t.NotBefore = p.NotBefore
+	if p.Error != "" {
+		t.Error = p.Error
+	}
+	s.decided(t)
+	s.enqueue(t)
+	return nil
+}
+
+func (s *State) applyFailed(t *Task, p *events.TaskFailed) error {
+	if err := decidable(t, p.Attempt); err != nil {
+		return err
+	}
+	if t.succeeded() {
+		return rejectf("attempt %d of task %s succeeded; it cannot fail", p.Attempt, t.ID)
+	}
+	t.Status = TaskFailed
+	if p.Error != "" {
+		t.Error = p.Error
+	}
+	s.decided(t)
+	return nil
+}
+
+func (s *State) decided(t *Task) {
+	t.AttemptEnded = false
+	delete(s.awaiting, t.ID)
+}

@@ -1,0 +1,151 @@
+package projections
+
+import (
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"pgregory.net/rapid"
+
+	"github.com/cbroker/broker/events"
+)
+
+// checkInvariants checks what must hold after every event, accepted or not.
+func checkInvariants(t require.TestingT, s *State) {
+	held := map[string]int{}
+	for _, n := range s.Nodes {
+		for _, slot := range n.Slots {
+			if slot.Status == SlotAvailable {
+				require.Emptyf(t, slot.TaskID, "free slot %s/%s names task %s", n.ID, slot.ID, slot.TaskID)
+				continue
+			}
+			task := s.Tasks[slot.TaskID]
+			require.NotNilf(t, task, "busy slot %s/%s names unknown task %q", n.ID, slot.ID, slot.TaskID)
+			require.Truef(t, task.Active(), "slot %s/%s held by inactive task %s (%s)", n.ID, slot.ID, task.ID, task.Status)
+			require.Equal(t, n.ID, task.NodeID)
+			require.Equal(t, slot.ID, task.SlotID)
+			require.Equal(t, task.Attempt, slot.Attempt)
+			require.Equal(t, task.ExecutionType, slot.ExecutionType)
+			held[task.ID]++
+		}
+	}
+	for id, task := range s.Tasks {
+		require.LessOrEqual(t, task.TryCount, task.MaxRetries)
+		if task.Active() {
+			require.Equalf(t, 1, held[id], "active task %s holds %d slots", id, held[id])
+			require.Contains(t, s.active, id)
+		} else {
+			require.Zerof(t, held[id], "inactive task %s holds a slot", id)
+			require.NotContains(t, s.active, id)
+		}
+		if task.AttemptEnded {
+			require.Contains(t, s.awaiting, id)
+		} else {
+			require.NotContains(t, s.awaiting, id)
+		}
+		inQueue := slices.Contains(s.queues[task.ExecutionType], task)
+		require.Equalf(t, task.Queued(), inQueue, "task %s (%s) in queue: %t", id, task.Status, inQueue)
+	}
+	for typ, q := range s.queues {
+		require.NotEmpty(t, q, "empty queue kept for %s", typ)
+		require.True(t, slices.IsSortedFunc(q, func(a, b *Task) int { return int(a.SubmitSeq) - int(b.SubmitSeq) }))
+	}
+}
+
+// genEvent draws an event from a small universe, so that random sequences
+// contain many valid proposals, many conflicting ones and some nonsense.
+func genEvent(t *rapid.T) events.Payload {
+	task := rapid.SampledFrom([]string{"t1", "t2", "t3"}).Draw(t, "task")
+	nodeID := rapid.SampledFrom([]string{"n1", "n2"}).Draw(t, "node")
+	attempt := rapid.IntRange(1, 5).Draw(t, "attempt")
+	slot := rapid.SampledFrom([]string{"cpu-1", "cpu-2", "io-1"}).Draw(t, "slot")
+	switch rapid.IntRange(0, 12).Draw(t, "kind") {
+	case 0:
+		return &events.TaskSubmitted{TaskID: task, ExecutionType: rapid.SampledFrom([]string{"cpu", "io"}).Draw(t, "type"), MaxRetries: rapid.IntRange(0, 3).Draw(t, "retries")}
+	case 1:
+		return &events.NodeRegistered{NodeID: nodeID, Hostname: "tcp://" + nodeID, Slots: map[string]int{"cpu": 2, "io": 1}}
+	case 2:
+		return &events.NodeUp{NodeID: nodeID}
+	case 3:
+		return &events.NodeDown{NodeID: nodeID}
+	case 4:
+		return &events.SlotReserved{TaskID: task, Attempt: attempt, NodeID: nodeID, SlotID: slot, ContainerName: "c"}
+	case 5:
+		return &events.ContainerStarted{TaskID: task, Attempt: attempt, NodeID: nodeID}
+	case 6:
+		return &events.StartFailed{TaskID: task, Attempt: attempt, NodeID: nodeID}
+	case 7:
+		return &events.ContainerExited{TaskID: task, Attempt: attempt, NodeID: nodeID, ExitCode: rapid.IntRange(0, 1).Draw(t, "code")}
+	case 8:
+		return &events.TaskCompleted{TaskID: task, Attempt: attempt}
+	case 9:
+		return &events.TaskRetrying{TaskID: task, Attempt: attempt, NextAttempt: rapid.IntRange(1, 6).Draw(t, "next")}
+	case 10:
+		return &events.TaskFailed{TaskID: task, Attempt: attempt}
+	case 11:
+		return &events.LogsArchived{TaskID: task, Attempt: attempt, Object: "o"}
+	default:
+		return &events.NodeUnstable{NodeID: nodeID}
+	}
+}
+
+func TestFoldProperties(t *testing.T) {
+	t.Parallel()
+	rapid.Check(t, func(rt *rapid.T) {
+		n := rapid.IntRange(1, 200).Draw(rt, "n")
+		envs := make([]events.Envelope, 0, n)
+		s := NewState()
+		terminal := map[string]TaskStatus{}
+		completions := map[string]int{}
+		for i := range n {
+			env := envelope(rt, uint64(i+1), genEvent(rt))
+			envs = append(envs, env)
+			out := s.Apply(env)
+			checkInvariants(rt, s)
+			if out.Accepted && env.Type == events.TypeTaskCompleted {
+				completions[env.AggregateID]++
+				require.Equalf(rt, 1, completions[env.AggregateID], "task %s completed twice", env.AggregateID)
+			}
+			for id, st := range terminal {
+				require.Equalf(rt, st, s.Tasks[id].Status, "terminal task %s changed", id)
+			}
+			for id, task := range s.Tasks {
+				if task.Status.Terminal() {
+					terminal[id] = task.Status
+				}
+			}
+		}
+		// Determinism: the same events folded again give the same state.
+		again := NewState()
+		for _, env := range envs {
+			again.Apply(env)
+		}
+		require.True(rt, reflect.DeepEqual(s, again), "fold is not deterministic")
+	})
+}
+
+func ExampleState_Apply() {
+	s := NewState()
+	for i, p := range []events.Payload{
+		&events.NodeRegistered{NodeID: "n1", Hostname: "unix:///var/run/docker.sock", Slots: map[string]int{"cpu": 1}},
+		&events.NodeUp{NodeID: "n1"},
+		&events.TaskSubmitted{TaskID: "t1", ExecutionType: "cpu", MaxRetries: 3},
+		&events.TaskSubmitted{TaskID: "t2", ExecutionType: "cpu", MaxRetries: 3},
+		&events.SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "t1-a1"},
+		&events.SlotReserved{TaskID: "t2", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "t2-a1"},
+	} {
+		env, _ := events.New(aggregateOf(p), fmt.Sprint(i), p, events.Meta{})
+		out := s.Apply(env)
+		fmt.Println(strings.TrimSpace(fmt.Sprintf("%s %t %s", out.Type, out.Accepted, out.Reason)))
+	}
+	// Output:
+	// node.registered.v1 true
+	// node.up.v1 true
+	// task.submitted.v1 true
+	// task.submitted.v1 true
+	// task.slot_reserved.v1 true
+	// task.slot_reserved.v1 false slot cpu-1 of node n1 is attaching for task t1 attempt 1
+}

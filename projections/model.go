@@ -1,0 +1,235 @@
+package projections
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// TaskStatus is a task's status, with the seed's names.
+type TaskStatus string
+
+// Task statuses.
+const (
+	TaskWaiting   TaskStatus = "waiting"
+	TaskStarting  TaskStatus = "starting"
+	TaskStarted   TaskStatus = "started"
+	TaskRetry     TaskStatus = "retry"
+	TaskFailed    TaskStatus = "failed"
+	TaskCompleted TaskStatus = "completed"
+	TaskError     TaskStatus = "error"
+)
+
+// TaskStatuses lists every task status in the seed's order.
+var TaskStatuses = []TaskStatus{TaskWaiting, TaskStarting, TaskStarted, TaskRetry, TaskFailed, TaskCompleted, TaskError}
+
+// Terminal reports whether no further attempt will run.
+func (s TaskStatus) Terminal() bool {
+	return s == TaskFailed || s == TaskCompleted || s == TaskError
+}
+
+// NodeStatus is a node's health, with the seed's names.
+type NodeStatus string
+
+// Node statuses.
+const (
+	NodeAvailable   NodeStatus = "available"
+	NodeUnstable    NodeStatus = "unstable"
+	NodeUnavailable NodeStatus = "unavailable"
+)
+
+// SlotStatus is a slot's state, with the seed's names.
+type SlotStatus string
+
+// Slot statuses.
+const (
+	SlotAvailable SlotStatus = "available"
+	SlotAttaching SlotStatus = "attaching"
+	SlotRunning   SlotStatus = "running"
+)
+
+// Task is the fold's record of one task.
+type Task struct {
+	ID             string            `json:"id"`
+	Name           string            `json:"name"`
+	Image          string            `json:"image"`
+	Cmd            string            `json:"cmd"`
+	ExecutionType  string            `json:"execution_type"`
+	StorageMounts  map[string]string `json:"storage_mounts,omitempty"`
+	Tags           map[string]string `json:"tags,omitempty"`
+	PersistLogs    bool              `json:"persist_logs,omitempty"`
+	MaxRetries     int               `json:"max_retries"`
+	IdempotencyKey string            `json:"idempotency_key,omitempty"`
+	CorrelationID  string            `json:"correlation_id,omitempty"`
+	CreatedAt      time.Time         `json:"created_at"`
+	// SubmitSeq is the stream sequence of the submission: the queue order.
+	SubmitSeq uint64 `json:"submit_seq"`
+
+	Status TaskStatus `json:"status"`
+	// TryCount is the number of retries so far (the seed's try_count).
+	TryCount int `json:"try_count"`
+	// Attempt is the number of the current or last attempt; 0 before the
+	// first reservation.
+	Attempt       int       `json:"attempt"`
+	NodeID        string    `json:"node_id,omitempty"`
+	SlotID        string    `json:"slot_id,omitempty"`
+	ContainerName string    `json:"container_name,omitempty"`
+	ContainerID   string    `json:"container_id,omitempty"`
+	StartedAt     time.Time `json:"started_at,omitzero"`
+	FinishedAt    time.Time `json:"finished_at,omitzero"`
+	ExitCode      *int      `json:"exit_code,omitempty"`
+	Error         string    `json:"error,omitempty"`
+	// NotBefore is the earliest time a retry may be reserved.
+	NotBefore time.Time `json:"not_before,omitzero"`
+	// AttemptEnded is set once the current attempt has exited or failed to
+	// start, until the scheduler's decision (completed, retrying, failed) is
+	// accepted.
+	AttemptEnded bool `json:"attempt_ended,omitempty"`
+	// StartFailed is set when the current attempt ended before its container
+	// ran.
+	StartFailed bool `json:"start_failed,omitempty"`
+	// Logs lists the archived logs, one entry per attempt that produced them.
+	Logs []LogRef `json:"logs,omitempty"`
+	// LastEventID is the envelope ID of the last event accepted for the task,
+	// the causation of the next derived event.
+	LastEventID string `json:"last_event_id,omitempty"`
+}
+
+// LogRef points at one attempt's archived logs.
+type LogRef struct {
+	Attempt   int    `json:"attempt"`
+	Object    string `json:"object"`
+	Bytes     int64  `json:"bytes"`
+	Truncated bool   `json:"truncated,omitempty"`
+}
+
+// Active reports whether the task's current attempt holds a slot.
+func (t *Task) Active() bool {
+	return (t.Status == TaskStarting || t.Status == TaskStarted) && !t.AttemptEnded
+}
+
+// Queued reports whether the task waits for a slot.
+func (t *Task) Queued() bool {
+	return t.Status == TaskWaiting || t.Status == TaskRetry
+}
+
+// LatestLogs returns the archived logs of the latest attempt that has any.
+func (t *Task) LatestLogs() (LogRef, bool) {
+	if len(t.Logs) == 0 {
+		return LogRef{}, false
+	}
+	return t.Logs[len(t.Logs)-1], true
+}
+
+// Node is the fold's record of one Docker host.
+type Node struct {
+	ID             string `json:"id"`
+	Name           string `json:"name"`
+	Hostname       string `json:"hostname"`
+	RunnerProvider string `json:"runner_provider"`
+	// SlotsWanted is the slot count per execution type, as registered.
+	SlotsWanted    map[string]int `json:"slots_execution_types"`
+	Slots          []*Slot        `json:"slots"`
+	Status         NodeStatus     `json:"status"`
+	AcceptNewTasks bool           `json:"accept_new_tasks"`
+	LastError      string         `json:"last_error,omitempty"`
+	LastSuccessAt  time.Time      `json:"last_success_at,omitzero"`
+	RegisteredAt   time.Time      `json:"registered_at"`
+	// StatusSeq is the stream sequence of the node's last accepted status
+	// event; health events use it in their idempotency keys.
+	StatusSeq uint64 `json:"status_seq"`
+}
+
+// Slot is one unit of capacity of an execution type on a node.
+type Slot struct {
+	// ID is unique within the node: "<execution type>-<index>".
+	ID            string     `json:"id"`
+	ExecutionType string     `json:"execution_type"`
+	Status        SlotStatus `json:"status"`
+	TaskID        string     `json:"task_id,omitempty"`
+	Attempt       int        `json:"attempt,omitempty"`
+}
+
+// Slot returns the slot with the given id.
+func (n *Node) Slot(id string) *Slot {
+	for _, s := range n.Slots {
+		if s.ID == id {
+			return s
+		}
+	}
+	return nil
+}
+
+// Usage returns the busy and total slot counts of an execution type.
+func (n *Node) Usage(executionType string) (busy, total int) {
+	for _, s := range n.Slots {
+		if s.ExecutionType != executionType {
+			continue
+		}
+		total++
+		if s.Status != SlotAvailable {
+			busy++
+		}
+	}
+	return busy, total
+}
+
+// FreeSlot returns the first available slot of an execution type, or nil.
+func (n *Node) FreeSlot(executionType string) *Slot {
+	for _, s := range n.Slots {
+		if s.ExecutionType == executionType && s.Status == SlotAvailable {
+			return s
+		}
+	}
+	return nil
+}
+
+// Schedulable reports whether new work may be placed on the node.
+func (n *Node) Schedulable() bool {
+	return n.Status == NodeAvailable && n.AcceptNewTasks
+}
+
+// SlotName is a slot's friendly name, as the seed's: "n001d-s01-cpu".
+func (n *Node) SlotName(s *Slot) string {
+	return fmt.Sprintf("%s-s%02d-%s", n.Name, slices.Index(n.Slots, s)+1, s.ExecutionType)
+}
+
+// ContainerName returns the deterministic, DNS-safe container name of one
+// attempt of a task: the task's name made lowercase with every run of other
+// characters turned into '-', then the first 12 characters of the task id and
+// the attempt number, at most 63 characters in all. A repeated create of the
+// same attempt hits a name conflict instead of making a second container.
+func ContainerName(taskName, taskID string, attempt int) string {
+	id := strings.ReplaceAll(taskID, "-", "")
+	if len(id) > 12 {
+		id = id[:12]
+	}
+	suffix := fmt.Sprintf("-%s-a%d", strings.ToLower(sanitize(id)), attempt)
+	base := sanitize(strings.ToLower(taskName))
+	if limit := 63 - len(suffix); len(base) > limit {
+		base = strings.TrimRight(base[:max(limit, 0)], "-")
+	}
+	if base == "" {
+		base = "task"
+	}
+	return base + suffix
+}
+
+// sanitize keeps [a-z0-9], turns every other run into one '-', and trims '-'.
+func sanitize(s string) string {
+	var b strings.Builder
+	dash := false
+	for _, r := range s {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+			b.WriteRune(r)
+			dash = false
+			continue
+		}
+		if !dash && b.Len() > 0 {
+			b.WriteByte('-')
+			dash = true
+		}
+	}
+	return strings.TrimRight(b.String(), "-")
+}

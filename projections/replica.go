@@ -1,0 +1,249 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cbroker/broker/events"
+)
+
+// Applied is one folded event as the replica remembers it: its identity and
+// the fold's outcome (the payload is not kept).
+type Applied struct {
+	Seq           uint64
+	ID            string
+	Type          events.Type
+	AggregateID   string
+	CorrelationID string
+	Outcome       Outcome
+}
+
+// ErrOutcomeForgotten is returned by WaitSeq for a sequence older than the
+// replica's memory of recent outcomes.
+var ErrOutcomeForgotten = errors.New("outcome no longer remembered")
+
+// ReplicaConfig configures a Replica.
+type ReplicaConfig struct {
+	// JetStream is the connection to the event stream. Required.
+	JetStream jetstream.JetStream
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Remember is how many recent outcomes are kept for WaitSeq and Since.
+	// Defaults to 65536.
+	Remember int
+}
+
+// Replica keeps one State up to date from the event stream and shares it
+// with every actor in the process: they read it under a lock, wake up when it
+// changes, and wait for it to reach the sequence of their own writes.
+type Replica struct {
+	js  jetstream.JetStream
+	log *slog.Logger
+
+	mu    sync.RWMutex
+	state *State
+	ring  []Applied
+
+	cmu     sync.Mutex
+	changed chan struct{}
+
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+// NewReplica returns a replica with an empty state; Run fills it.
+func NewReplica(cfg ReplicaConfig) (*Replica, error) {
+	if cfg.JetStream == nil {
+		return nil, errors.New("invalid replica config: JetStream is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Remember <= 0 {
+		cfg.Remember = 1 << 16
+	}
+	return &Replica{
+		js:      cfg.JetStream,
+		log:     cfg.Logger.With(slog.String("component", "replica")),
+		state:   NewState(),
+		ring:    make([]Applied, cfg.Remember),
+		changed: make(chan struct{}),
+		ready:   make(chan struct{}),
+	}, nil
+}
+
+// Run folds the stream from the start until ctx is done. It closes Ready once
+// it has folded every event that was in the stream when it started.
+func (r *Replica) Run(ctx context.Context) error {
+	stream, err := r.js.Stream(ctx, events.StreamName)
+	if err != nil {
+		return fmt.Errorf("opening stream %s: %w", events.StreamName, err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("reading stream %s: %w", events.StreamName, err)
+	}
+	target := info.State.LastSeq
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.AllSubjects}, DeliverPolicy: jetstream.DeliverAllPolicy}
+	if seq := r.Seq(); seq > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, seq+1
+	}
+	if r.Seq() >= target {
+		r.markReady()
+	}
+	cons, err := r.js.OrderedConsumer(ctx, events.StreamName, cfg)
+	if err != nil {
+		return fmt.Errorf("consuming stream %s: %w", events.StreamName, err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) { r.handle(m, target) },
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			r.log.WarnContext(ctx, "event stream consumer", slog.Any("error", err))
+		}))
+	if err != nil {
+		return fmt.Errorf("consuming stream %s: %w", events.StreamName, err)
+	}
+	r.log.InfoContext(ctx, "replica started", slog.Uint64("catch_up_to", target))
+	<-ctx.Done()
+	cc.Stop()
+	<-cc.Closed()
+	return nil
+}
+
+func (r *Replica) handle(m jetstream.Msg, target uint64) {
+	md, err := m.Metadata()
+	if err != nil {
+		r.log.Warn("event without metadata", slog.Any("error", err))
+		return
+	}
+	seq := md.Sequence.Stream
+	env, err := events.Decode(m.Data())
+	r.mu.Lock()
+	var out Outcome
+	if err != nil {
+		r.state.Seq = max(r.state.Seq, seq)
+		out = Outcome{Seq: seq, Reason: err.Error()}
+	} else {
+		env.Seq = seq
+		out = r.state.Apply(env)
+	}
+	r.ring[seq%uint64(len(r.ring))] = Applied{
+		Seq: seq, ID: env.ID, Type: env.Type, AggregateID: env.AggregateID,
+		CorrelationID: env.CorrelationID, Outcome: out,
+	}
+	r.mu.Unlock()
+	switch {
+	case err != nil:
+		r.log.Warn("skipping undecodable event", slog.Uint64("seq", seq), slog.Any("error", err))
+	case out.Unknown:
+		r.log.Warn("skipping unknown event type", slog.Uint64("seq", seq), slog.String("event_type", string(env.Type)))
+	case !out.Accepted:
+		r.log.Debug("event rejected", slog.Uint64("seq", seq), slog.String("event_type", string(env.Type)),
+			slog.String("aggregate_id", env.AggregateID), slog.String("reason", out.Reason))
+	}
+	r.broadcast()
+	if seq >= target || md.NumPending == 0 {
+		r.markReady()
+	}
+}
+
+func (r *Replica) markReady() { r.readyOnce.Do(func() { close(r.ready) }) }
+
+func (r *Replica) broadcast() {
+	r.cmu.Lock()
+	close(r.changed)
+	r.changed = make(chan struct{})
+	r.cmu.Unlock()
+}
+
+// Ready is closed once the replica has caught up with the stream as it was
+// when Run started.
+func (r *Replica) Ready() <-chan struct{} { return r.ready }
+
+// Changed returns a channel that is closed at the next change of the state.
+// Take it before reading the state, so that no change is missed.
+func (r *Replica) Changed() <-chan struct{} {
+	r.cmu.Lock()
+	defer r.cmu.Unlock()
+	return r.changed
+}
+
+// Seq returns the sequence of the last folded event.
+func (r *Replica) Seq() uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.state.Seq
+}
+
+// Read calls f with the state under a read lock. f must not keep references
+// to the state or modify it.
+func (r *Replica) Read(f func(*State)) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	f(r.state)
+}
+
+// ReadSince calls f with the state and the events folded after sequence
+// after, under one read lock. complete is false when some of those events
+// are no longer remembered; f must then treat everything as changed.
+func (r *Replica) ReadSince(after uint64, f func(s *State, applied []Applied, complete bool)) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	head := r.state.Seq
+	size := uint64(len(r.ring))
+	if head > after && head-after > size {
+		f(r.state, nil, false)
+		return
+	}
+	var out []Applied
+	for seq := after + 1; seq <= head; seq++ {
+		if a := r.ring[seq%size]; a.Seq == seq {
+			out = append(out, a)
+		}
+	}
+	f(r.state, out, true)
+}
+
+// WaitSeq waits until the replica has folded sequence seq and returns the
+// fold's outcome for it.
+func (r *Replica) WaitSeq(ctx context.Context, seq uint64) (Outcome, error) {
+	for {
+		ch := r.Changed()
+		r.mu.RLock()
+		head := r.state.Seq
+		a := r.ring[seq%uint64(len(r.ring))]
+		r.mu.RUnlock()
+		if head >= seq {
+			if a.Seq != seq {
+				return Outcome{Seq: seq}, ErrOutcomeForgotten
+			}
+			return a.Outcome, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return Outcome{}, fmt.Errorf("waiting for sequence %d (at %d): %w", seq, head, ctx.Err())
+		}
+	}
+}
+
+// WaitFor waits until cond holds for the state, checking after every change.
+func (r *Replica) WaitFor(ctx context.Context, cond func(*State) bool) error {
+	for {
+		ch := r.Changed()
+		var ok bool
+		r.Read(func(s *State) { ok = cond(s) })
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,215 @@
+package projections
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/cbroker/broker/events"
+)
+
+// Outcome is the fold's verdict on one event.
+type Outcome struct {
+	Seq         uint64      `json:"seq"`
+	Type        events.Type `json:"type"`
+	AggregateID string      `json:"aggregate_id"`
+	Accepted    bool        `json:"accepted"`
+	// Reason says why an event was rejected.
+	Reason string `json:"reason,omitempty"`
+	// Unknown is set for an event type this version does not know; it is
+	// skipped without effect.
+	Unknown bool `json:"unknown,omitempty"`
+}
+
+// State is the fold: everything the broker knows, derived from the log.
+// The zero value is not usable; call NewState.
+type State struct {
+	// Seq is the stream sequence of the last event folded.
+	Seq   uint64
+	Tasks map[string]*Task
+	Nodes map[string]*Node
+
+	queues    map[string][]*Task // per execution type, waiting|retry tasks by SubmitSeq
+	awaiting  map[string]*Task   // attempt ended, decision pending
+	active    map[string]*Task   // attempt holds a slot
+	hostnames map[string]string  // hostname → node id
+}
+
+// NewState returns an empty state.
+func NewState() *State {
+	return &State{
+		Tasks:     map[string]*Task{},
+		Nodes:     map[string]*Node{},
+		queues:    map[string][]*Task{},
+		awaiting:  map[string]*Task{},
+		active:    map[string]*Task{},
+		hostnames: map[string]string{},
+	}
+}
+
+// Apply folds one event into the state and returns the outcome. It never
+// panics and never reads anything but its arguments: a rejected event leaves
+// the state as it was, apart from Seq.
+func (s *State) Apply(env events.Envelope) Outcome {
+	if env.Seq == 0 { // not read from a stream: the next sequence
+		env.Seq = s.Seq + 1
+	}
+	if env.Seq > s.Seq {
+		s.Seq = env.Seq
+	}
+	out := Outcome{Seq: env.Seq, Type: env.Type, AggregateID: env.AggregateID}
+	p, err := env.Payload()
+	switch {
+	case errors.Is(err, events.ErrUnknownType):
+		out.Unknown = true
+		out.Reason = err.Error()
+		return out
+	case err != nil:
+		out.Reason = err.Error()
+		return out
+	}
+	if err := s.apply(env, p); err != nil {
+		out.Reason = err.Error()
+		return out
+	}
+	out.Accepted = true
+	return out
+}
+
+// rejection is an error the fold returns for an invalid proposal.
+func rejectf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+func (s *State) apply(env events.Envelope, p events.Payload) error {
+	switch p := p.(type) {
+	case *events.TaskSubmitted:
+		return s.applySubmitted(env, p)
+	case *events.SlotReserved:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyReserved(t, p) })
+	case *events.ContainerStarted:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyStarted(t, p) })
+	case *events.StartFailed:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyStartFailed(t, p) })
+	case *events.ContainerExited:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyExited(t, p) })
+	case *events.LogsArchived:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return applyLogsArchived(t, p) })
+	case *events.TaskCompleted:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyCompleted(t, p) })
+	case *events.TaskRetrying:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyRetrying(t, p) })
+	case *events.TaskFailed:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyFailed(t, p) })
+	case *events.NodeRegistered:
+		return s.applyRegistered(env, p)
+	case *events.NodeUp:
+		return s.withNode(env, p.NodeID, func(n *Node) error { return applyUp(n, env, p) })
+	case *events.NodeUnstable:
+		return s.withNode(env, p.NodeID, func(n *Node) error { return applyUnstable(n, env, p) })
+	case *events.NodeDown:
+		return s.withNode(env, p.NodeID, func(n *Node) error { return applyDown(n, env, p) })
+	default:
+		return rejectf("event type %s is not handled by this fold", env.Type)
+	}
+}
+
+func (s *State) withTask(env events.Envelope, id string, f func(*Task) error) error {
+	if id != env.AggregateID {
+		return rejectf("payload task %q does not match aggregate %q", id, env.AggregateID)
+	}
+	t, ok := s.Tasks[id]
+	if !ok {
+		return rejectf("task %s does not exist", id)
+	}
+	if err := f(t); err != nil {
+		return err
+	}
+	t.LastEventID = env.ID
+	return nil
+}
+
+func (s *State) withNode(env events.Envelope, id string, f func(*Node) error) error {
+	if id != env.AggregateID {
+		return rejectf("payload node %q does not match aggregate %q", id, env.AggregateID)
+	}
+	n, ok := s.Nodes[id]
+	if !ok {
+		return rejectf("node %s does not exist", id)
+	}
+	return f(n)
+}
+
+// Queue returns the tasks waiting for a slot of an execution type, in queue
+// order. The slice must not be modified.
+func (s *State) Queue(executionType string) []*Task { return s.queues[executionType] }
+
+// QueuedTypes returns the execution types with waiting tasks, sorted.
+func (s *State) QueuedTypes() []string {
+	types := make([]string, 0, len(s.queues))
+	for t, q := range s.queues {
+		if len(q) > 0 {
+			types = append(types, t)
+		}
+	}
+	slices.Sort(types)
+	return types
+}
+
+// AwaitingDecision returns the tasks whose attempt ended and that wait for
+// the scheduler's decision, in submission order.
+func (s *State) AwaitingDecision() []*Task { return sortedBySubmit(s.awaiting) }
+
+// ActiveTasks returns the tasks whose current attempt holds a slot, in
+// submission order.
+func (s *State) ActiveTasks() []*Task { return sortedBySubmit(s.active) }
+
+// SortedNodes returns the nodes in name order.
+func (s *State) SortedNodes() []*Node {
+	nodes := make([]*Node, 0, len(s.Nodes))
+	for _, n := range s.Nodes {
+		nodes = append(nodes, n)
+	}
+	slices.SortFunc(nodes, func(a, b *Node) int { return cmp.Compare(a.Name, b.Name) })
+	return nodes
+}
+
+// NodeByHostname returns the node registered with a hostname.
+func (s *State) NodeByHostname(hostname string) (*Node, bool) {
+	id, ok := s.hostnames[hostname]
+	if !ok {
+		return nil, false
+	}
+	return s.Nodes[id], true
+}
+
+func sortedBySubmit(m map[string]*Task) []*Task {
+	out := make([]*Task, 0, len(m))
+	for _, t := range m {
+		out = append(out, t)
+	}
+	slices.SortFunc(out, func(a, b *Task) int { return cmp.Compare(a.SubmitSeq, b.SubmitSeq) })
+	return out
+}
+
+func (s *State) enqueue(t *Task) {
+	q := s.queues[t.ExecutionType]
+	i, found := slices.BinarySearchFunc(q, t.SubmitSeq, func(e *Task, seq uint64) int { return cmp.Compare(e.SubmitSeq, seq) })
+	if found {
+		return
+	}
+	s.queues[t.ExecutionType] = slices.Insert(q, i, t)
+}
+
+func (s *State) dequeue(t *Task) {
+	q := s.queues[t.ExecutionType]
+	i, found := slices.BinarySearchFunc(q, t.SubmitSeq, func(e *Task, seq uint64) int { return cmp.Compare(e.SubmitSeq, seq) })
+	if !found {
+		return
+	}
+	q = slices.Delete(q, i, i+1)
+	if len(q) == 0 {
+		delete(s.queues, t.ExecutionType)
+		return
+	}
+	s.queues[t.ExecutionType] = q
+}
