@@ -46,13 +46,12 @@ type Meta struct {
 	Time time.Time
 }
 
-// New builds an envelope for payload p of aggregate aggregateID with the
-// idempotency key key.
-func New(aggregateID, key string, p Payload, meta Meta) (Envelope, error) {
+// New builds an envelope for payload p with the idempotency key key.
+func New(key string, p Payload, meta Meta) (Envelope, error) {
 	if p == nil {
 		return Envelope{}, errors.New("nil payload")
 	}
-	t := p.EventType()
+	t, aggregateID := p.EventType(), p.AggregateID()
 	if !Known(t) {
 		return Envelope{}, &UnknownTypeError{Type: t}
 	}

@@ -52,7 +52,7 @@ func TestRoundTrip(t *testing.T) {
 	for _, p := range samples() {
 		t.Run(string(p.EventType()), func(t *testing.T) {
 			t.Parallel()
-			env, err := New("agg-1", "agg-1:1:x", p, Meta{CorrelationID: "req", CausationID: "cause", Actor: "b1/test"})
+			env, err := New("agg-1:1:x", p, Meta{CorrelationID: "req", CausationID: "cause", Actor: "b1/test"})
 			if err != nil {
 				t.Fatalf("New: %v", err)
 			}
@@ -99,22 +99,21 @@ func TestTypeNamesAndSubjects(t *testing.T) {
 
 func TestNewRejects(t *testing.T) {
 	t.Parallel()
-	ok := &NodeUp{NodeID: "n"}
 	cases := map[string]struct {
-		agg, key string
-		p        Payload
-		want     error
+		key  string
+		p    Payload
+		want error
 	}{
-		"NoKey":          {agg: "n", key: "", p: ok, want: ErrNoKey},
-		"DotInAggregate": {agg: "a.b", key: "k", p: ok},
-		"Wildcard":       {agg: "*", key: "k", p: ok},
-		"Empty":          {agg: "", key: "k", p: ok},
-		"NilPayload":     {agg: "n", key: "k", p: nil},
+		"NoKey":          {key: "", p: &NodeUp{NodeID: "n"}, want: ErrNoKey},
+		"DotInAggregate": {key: "k", p: &NodeUp{NodeID: "a.b"}},
+		"Wildcard":       {key: "k", p: &NodeUp{NodeID: "*"}},
+		"Empty":          {key: "k", p: &NodeUp{}},
+		"NilPayload":     {key: "k", p: nil},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			_, err := New(tc.agg, tc.key, tc.p, Meta{})
+			_, err := New(tc.key, tc.p, Meta{})
 			if err == nil {
 				t.Fatal("expected an error")
 			}
@@ -127,7 +126,7 @@ func TestNewRejects(t *testing.T) {
 
 func TestDecodeErrors(t *testing.T) {
 	t.Parallel()
-	valid, err := New("t1", "k", &TaskCompleted{TaskID: "t1", Attempt: 1}, Meta{})
+	valid, err := New("k", &TaskCompleted{TaskID: "t1", Attempt: 1}, Meta{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +193,7 @@ func TestPayloadWrongShapeIsMalformed(t *testing.T) {
 
 func TestMsgAlwaysCarriesTheKey(t *testing.T) {
 	t.Parallel()
-	env, err := New("t1", "t1:2:completed", &TaskCompleted{TaskID: "t1", Attempt: 2}, Meta{})
+	env, err := New("t1:2:completed", &TaskCompleted{TaskID: "t1", Attempt: 2}, Meta{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +215,7 @@ func TestMsgAlwaysCarriesTheKey(t *testing.T) {
 
 func FuzzDecode(f *testing.F) {
 	for _, p := range samples() {
-		env, err := New("agg", "k", p, Meta{Actor: "fuzz"})
+		env, err := New("k", p, Meta{Actor: "fuzz"})
 		if err != nil {
 			f.Fatal(err)
 		}

@@ -15,6 +15,9 @@ type NodeRegistered struct {
 // EventType implements Payload.
 func (*NodeRegistered) EventType() Type { return TypeNodeRegistered }
 
+// AggregateID implements Payload.
+func (p *NodeRegistered) AggregateID() string { return p.NodeID }
+
 // NodeUp reports that a node's Docker API answers again; it becomes available.
 type NodeUp struct {
 	NodeID string    `json:"node_id"`
@@ -23,6 +26,9 @@ type NodeUp struct {
 
 // EventType implements Payload.
 func (*NodeUp) EventType() Type { return TypeNodeUp }
+
+// AggregateID implements Payload.
+func (p *NodeUp) AggregateID() string { return p.NodeID }
 
 // NodeUnstable reports a first failed probe: no new work goes to the node.
 type NodeUnstable struct {
@@ -34,6 +40,9 @@ type NodeUnstable struct {
 // EventType implements Payload.
 func (*NodeUnstable) EventType() Type { return TypeNodeUnstable }
 
+// AggregateID implements Payload.
+func (p *NodeUnstable) AggregateID() string { return p.NodeID }
+
 // NodeDown reports that a node failed its probes for longer than the grace
 // period; it is unavailable.
 type NodeDown struct {
@@ -44,3 +53,6 @@ type NodeDown struct {
 
 // EventType implements Payload.
 func (*NodeDown) EventType() Type { return TypeNodeDown }
+
+// AggregateID implements Payload.
+func (p *NodeDown) AggregateID() string { return p.NodeID }

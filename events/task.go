@@ -23,6 +23,9 @@ type TaskSubmitted struct {
 // EventType implements Payload.
 func (*TaskSubmitted) EventType() Type { return TypeTaskSubmitted }
 
+// AggregateID implements Payload.
+func (p *TaskSubmitted) AggregateID() string { return p.TaskID }
+
 // SlotReserved is the scheduler's proposal to run attempt Attempt of a task
 // in a slot of a node. The fold accepts it only if the task is waiting for
 // exactly that attempt and the slot is free.
@@ -37,6 +40,9 @@ type SlotReserved struct {
 // EventType implements Payload.
 func (*SlotReserved) EventType() Type { return TypeTaskSlotReserved }
 
+// AggregateID implements Payload.
+func (p *SlotReserved) AggregateID() string { return p.TaskID }
+
 // ContainerStarted is the runner's report that an attempt's container runs.
 type ContainerStarted struct {
 	TaskID        string    `json:"task_id"`
@@ -49,6 +55,9 @@ type ContainerStarted struct {
 
 // EventType implements Payload.
 func (*ContainerStarted) EventType() Type { return TypeTaskContainerStarted }
+
+// AggregateID implements Payload.
+func (p *ContainerStarted) AggregateID() string { return p.TaskID }
 
 // StartFailed is the runner's report that an attempt's container could not be
 // created or started (image missing, Docker error, ...). NodeFault tells
@@ -63,6 +72,9 @@ type StartFailed struct {
 
 // EventType implements Payload.
 func (*StartFailed) EventType() Type { return TypeTaskStartFailed }
+
+// AggregateID implements Payload.
+func (p *StartFailed) AggregateID() string { return p.TaskID }
 
 // ContainerExited is the runner's report that an attempt's container ended.
 type ContainerExited struct {
@@ -79,6 +91,9 @@ type ContainerExited struct {
 // EventType implements Payload.
 func (*ContainerExited) EventType() Type { return TypeTaskContainerExited }
 
+// AggregateID implements Payload.
+func (p *ContainerExited) AggregateID() string { return p.TaskID }
+
 // LogsArchived records that an attempt's whole stdout and stderr were stored
 // in the log object store under Object.
 type LogsArchived struct {
@@ -92,6 +107,9 @@ type LogsArchived struct {
 // EventType implements Payload.
 func (*LogsArchived) EventType() Type { return TypeTaskLogsArchived }
 
+// AggregateID implements Payload.
+func (p *LogsArchived) AggregateID() string { return p.TaskID }
+
 // TaskCompleted is the scheduler's decision that a task succeeded: its
 // current attempt exited with code 0. A self-contained outcome event.
 type TaskCompleted struct {
@@ -102,6 +120,9 @@ type TaskCompleted struct {
 
 // EventType implements Payload.
 func (*TaskCompleted) EventType() Type { return TypeTaskCompleted }
+
+// AggregateID implements Payload.
+func (p *TaskCompleted) AggregateID() string { return p.TaskID }
 
 // Retry and failure causes.
 const (
@@ -124,6 +145,9 @@ type TaskRetrying struct {
 // EventType implements Payload.
 func (*TaskRetrying) EventType() Type { return TypeTaskRetrying }
 
+// AggregateID implements Payload.
+func (p *TaskRetrying) AggregateID() string { return p.TaskID }
+
 // TaskFailed is the scheduler's decision that a task has failed for good:
 // its retries are exhausted. A self-contained outcome event.
 type TaskFailed struct {
@@ -136,3 +160,6 @@ type TaskFailed struct {
 
 // EventType implements Payload.
 func (*TaskFailed) EventType() Type { return TypeTaskFailed }
+
+// AggregateID implements Payload.
+func (p *TaskFailed) AggregateID() string { return p.TaskID }

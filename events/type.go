@@ -70,6 +70,8 @@ func (t Type) split() (aggregate, name string, ok bool) {
 type Payload interface {
 	// EventType returns the wire name of the payload's event type.
 	EventType() Type
+	// AggregateID returns the id of the task or node the event is about.
+	AggregateID() string
 }
 
 // registry maps every type ever written to a constructor of its payload.

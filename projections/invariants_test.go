@@ -137,7 +137,7 @@ func ExampleState_Apply() {
 		&events.SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "t1-a1"},
 		&events.SlotReserved{TaskID: "t2", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "t2-a1"},
 	} {
-		env, _ := events.New(aggregateOf(p), fmt.Sprint(i), p, events.Meta{})
+		env, _ := events.New(fmt.Sprint(i), p, events.Meta{})
 		out := s.Apply(env)
 		fmt.Println(strings.TrimSpace(fmt.Sprintf("%s %t %s", out.Type, out.Accepted, out.Reason)))
 	}

@@ -44,7 +44,7 @@ func setupReplica(t *testing.T) *replicaBundle {
 
 func appendOne(t *testing.T, srv *natstest.Server, key string, p events.Payload) events.Ack {
 	t.Helper()
-	env, err := events.New(aggregateOf(p), key, p, events.Meta{})
+	env, err := events.New(key, p, events.Meta{})
 	require.NoError(t, err)
 	ack, err := events.Append(t.Context(), srv.JS, env)
 	require.NoError(t, err)
@@ -95,7 +95,7 @@ func TestReplica(t *testing.T) {
 		b := setupReplica(t)
 		var envs []events.Envelope
 		for i := range 50 {
-			env, err := events.New("t"+strconv.Itoa(i), "sub"+strconv.Itoa(i), submit("t"+strconv.Itoa(i), "cpu", 3), events.Meta{})
+			env, err := events.New("sub"+strconv.Itoa(i), submit("t"+strconv.Itoa(i), "cpu", 3), events.Meta{})
 			require.NoError(t, err)
 			envs = append(envs, env)
 		}

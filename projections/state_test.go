@@ -17,40 +17,8 @@ type step struct {
 	reject string // substring of the rejection reason; "" means accepted
 }
 
-func aggregateOf(p events.Payload) string {
-	switch p := p.(type) {
-	case *events.TaskSubmitted:
-		return p.TaskID
-	case *events.SlotReserved:
-		return p.TaskID
-	case *events.ContainerStarted:
-		return p.TaskID
-	case *events.StartFailed:
-		return p.TaskID
-	case *events.ContainerExited:
-		return p.TaskID
-	case *events.LogsArchived:
-		return p.TaskID
-	case *events.TaskCompleted:
-		return p.TaskID
-	case *events.TaskRetrying:
-		return p.TaskID
-	case *events.TaskFailed:
-		return p.TaskID
-	case *events.NodeRegistered:
-		return p.NodeID
-	case *events.NodeUp:
-		return p.NodeID
-	case *events.NodeUnstable:
-		return p.NodeID
-	case *events.NodeDown:
-		return p.NodeID
-	}
-	panic("unknown payload")
-}
-
 func envelope(t require.TestingT, seq uint64, p events.Payload) events.Envelope {
-	env, err := events.New(aggregateOf(p), "k", p, events.Meta{Time: t0})
+	env, err := events.New("k", p, events.Meta{Time: t0})
 	require.NoError(t, err)
 	env.Seq = seq
 	return env

@@ -1,0 +1,56 @@
+// Package benchnoop is a runtime for benchmarks only: it runs nothing. Its
+// containers "exit" with code 0 the moment they start, so a benchmark
+// measures the broker's control plane alone.
+//
+// It accepts only hostnames of the form bench-noop://<name>, which the REST
+// API refuses, and only the bench command wires it into a broker: a real
+// node can never be run by it.
+package benchnoop
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/cbroker/broker/services/runtime"
+)
+
+// Scheme is the only hostname scheme the runtime supports.
+const Scheme = "bench-noop"
+
+// Runtime is the benchmark-only no-op runtime.
+type Runtime struct{}
+
+var _ runtime.Runtime = Runtime{}
+
+// Supports implements runtime.Runtime: only bench-noop:// hostnames.
+func (Runtime) Supports(hostname string) bool { return strings.HasPrefix(hostname, Scheme+"://") }
+
+// Ping implements runtime.Runtime.
+func (Runtime) Ping(context.Context, runtime.Node) error { return nil }
+
+// Start implements runtime.Runtime.
+func (Runtime) Start(context.Context, runtime.Node, runtime.Spec) (runtime.Container, error) {
+	return container{at: time.Now()}, nil
+}
+
+// Attach implements runtime.Runtime.
+func (Runtime) Attach(context.Context, runtime.Node, runtime.Spec) (runtime.Container, error) {
+	return container{at: time.Now()}, nil
+}
+
+// Logs implements runtime.Runtime: there are none.
+func (Runtime) Logs(context.Context, runtime.Node, string, int64) ([]byte, bool, error) {
+	return nil, false, nil
+}
+
+// Remove implements runtime.Runtime.
+func (Runtime) Remove(context.Context, runtime.Node, string) error { return nil }
+
+type container struct{ at time.Time }
+
+func (c container) ID() string           { return "bench-noop" }
+func (c container) StartedAt() time.Time { return c.at }
+func (c container) Wait(context.Context) (runtime.Exit, error) {
+	return runtime.Exit{Code: 0, StartedAt: c.at, FinishedAt: c.at}, nil
+}

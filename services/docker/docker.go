@@ -1,0 +1,369 @@
+// Package docker is the runtime that runs task containers on a node through
+// nothing but its Docker Engine HTTP API.
+package docker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"sync"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/pkg/jsonmessage"
+	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/cbroker/broker/services/runtime"
+)
+
+// ParseHost turns a node hostname into the address the Docker client dials.
+// Accepted forms: the seed's http://host:port, tcp://host:port and
+// unix:///path/to/docker.sock.
+func ParseHost(hostname string) (string, error) {
+	u, err := url.Parse(hostname)
+	if err != nil {
+		return "", fmt.Errorf("invalid Docker address %q: %w", hostname, err)
+	}
+	switch u.Scheme {
+	case "unix":
+		if u.Path == "" || u.Host != "" {
+			return "", fmt.Errorf("invalid Docker address %q: want unix:///path/to/docker.sock", hostname)
+		}
+		return "unix://" + u.Path, nil
+	case "tcp", "http":
+		if u.Hostname() == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") {
+			return "", fmt.Errorf("invalid Docker address %q: want %s://host:port", hostname, u.Scheme)
+		}
+		return "tcp://" + u.Host, nil
+	default:
+		return "", fmt.Errorf("unsupported Docker address %q: use http://host:port, tcp://host:port or unix:///path", hostname)
+	}
+}
+
+// Config configures the Docker runtime.
+type Config struct {
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// PullTimeout bounds an image pull. Defaults to 10 minutes.
+	PullTimeout time.Duration
+}
+
+// Runtime implements runtime.Runtime over the Docker Engine API. It keeps one
+// client per node address.
+type Runtime struct {
+	cfg     Config
+	log     *slog.Logger
+	mu      sync.Mutex
+	clients map[string]*client.Client
+}
+
+// New returns a Docker runtime.
+func New(cfg Config) *Runtime {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.PullTimeout <= 0 {
+		cfg.PullTimeout = 10 * time.Minute
+	}
+	return &Runtime{cfg: cfg, log: cfg.Logger.With(slog.String("component", "docker")), clients: map[string]*client.Client{}}
+}
+
+var _ runtime.Runtime = (*Runtime)(nil)
+
+// Close closes every client.
+func (r *Runtime) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var errs []error
+	for h, c := range r.clients {
+		errs = append(errs, c.Close())
+		delete(r.clients, h)
+	}
+	return errors.Join(errs...)
+}
+
+// Supports implements runtime.Runtime.
+func (r *Runtime) Supports(hostname string) bool {
+	_, err := ParseHost(hostname)
+	return err == nil
+}
+
+// Client returns the Docker client of a node address.
+func (r *Runtime) Client(hostname string) (*client.Client, error) {
+	host, err := ParseHost(hostname)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c, ok := r.clients[host]; ok {
+		return c, nil
+	}
+	c, err := client.NewClientWithOpts(client.WithHost(host), client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("docker client for %s: %w", hostname, err)
+	}
+	r.clients[host] = c
+	return c, nil
+}
+
+// Ping implements runtime.Runtime.
+func (r *Runtime) Ping(ctx context.Context, node runtime.Node) error {
+	cli, err := r.Client(node.Hostname)
+	if err != nil {
+		return err
+	}
+	_, err = cli.Ping(ctx)
+	return err
+}
+
+// Start implements runtime.Runtime.
+func (r *Runtime) Start(ctx context.Context, node runtime.Node, spec runtime.Spec) (runtime.Container, error) {
+	cli, err := r.Client(node.Hostname)
+	if err != nil {
+		return nil, &runtime.StartError{Msg: err.Error(), NodeFault: true}
+	}
+	if err := r.ensureImage(ctx, cli, spec.Image); err != nil {
+		return nil, err
+	}
+	cfg := &container.Config{
+		Image:      spec.Image,
+		Entrypoint: []string{"sh", "-c", spec.Cmd},
+		Labels:     spec.Labels,
+	}
+	created, err := cli.ContainerCreate(ctx, cfg, &container.HostConfig{Binds: spec.Binds}, nil, nil, spec.Name)
+	if cerrdefs.IsConflict(err) {
+		// The attempt was created before (a restart): adopt that container.
+		return r.attach(ctx, cli, spec, true)
+	}
+	if err != nil {
+		return nil, startError(fmt.Sprintf("creating container %s from image %s", spec.Name, spec.Image), err)
+	}
+	return r.start(ctx, cli, created.ID, spec.Name)
+}
+
+// start registers the wait for the container's exit, then starts it, so that
+// a fast exit is not missed.
+func (r *Runtime) start(ctx context.Context, cli *client.Client, id, name string) (runtime.Container, error) {
+	waited := wait(ctx, cli, id, container.WaitConditionNextExit)
+	if err := cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		return nil, startError("starting container "+name, err)
+	}
+	info, err := cli.ContainerInspect(ctx, id)
+	if err != nil {
+		return nil, startError("inspecting container "+name, err)
+	}
+	return &handle{cli: cli, id: id, started: parseTime(info.State.StartedAt), waited: waited}, nil
+}
+
+type waitResult struct {
+	resp container.WaitResponse
+	err  error
+}
+
+// wait registers a wait for the container and delivers its one result on a
+// buffered channel, so that no goroutine is left blocked when nobody reads
+// it. The ctx bounds the wait.
+func wait(ctx context.Context, cli *client.Client, id string, cond container.WaitCondition) <-chan waitResult {
+	out := make(chan waitResult, 1)
+	waitC, errC := cli.ContainerWait(ctx, id, cond)
+	go func() {
+		select {
+		case resp := <-waitC:
+			out <- waitResult{resp: resp}
+		case err := <-errC:
+			out <- waitResult{err: err}
+		}
+	}()
+	return out
+}
+
+func (r *Runtime) ensureImage(ctx context.Context, cli *client.Client, ref string) error {
+	_, err := cli.ImageInspect(ctx, ref)
+	if err == nil {
+		return nil
+	}
+	if !cerrdefs.IsNotFound(err) {
+		return startError("inspecting image "+ref, err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, r.cfg.PullTimeout)
+	defer cancel()
+	rc, err := cli.ImagePull(pctx, ref, image.PullOptions{})
+	if err != nil {
+		return startError(fmt.Sprintf("image %s is not on the node and pulling it failed", ref), err)
+	}
+	defer rc.Close()
+	if err := jsonmessage.DisplayJSONMessagesStream(rc, io.Discard, 0, false, nil); err != nil {
+		return startError(fmt.Sprintf("image %s is not on the node and pulling it failed", ref), err)
+	}
+	r.log.InfoContext(ctx, "image pulled", slog.String("image", ref))
+	return nil
+}
+
+// startError classifies a Docker error: connection problems are the node's
+// fault, everything else the task's.
+func startError(what string, err error) error {
+	return &runtime.StartError{Msg: what + ": " + err.Error(), NodeFault: client.IsErrConnectionFailed(err) || errors.Is(err, context.DeadlineExceeded)}
+}
+
+// Attach implements runtime.Runtime.
+func (r *Runtime) Attach(ctx context.Context, node runtime.Node, spec runtime.Spec) (runtime.Container, error) {
+	cli, err := r.Client(node.Hostname)
+	if err != nil {
+		return nil, err
+	}
+	return r.attach(ctx, cli, spec, false)
+}
+
+func (r *Runtime) attach(ctx context.Context, cli *client.Client, spec runtime.Spec, startCreated bool) (runtime.Container, error) {
+	info, err := cli.ContainerInspect(ctx, spec.Name)
+	if cerrdefs.IsNotFound(err) {
+		return nil, runtime.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("inspecting container %s: %w", spec.Name, err)
+	}
+	if info.Config == nil || info.Config.Labels[runtime.LabelTask] != spec.TaskID {
+		return nil, &runtime.StartError{Msg: fmt.Sprintf("a container named %s exists that the broker did not create for task %s", spec.Name, spec.TaskID)}
+	}
+	switch info.State.Status {
+	case "created":
+		if startCreated {
+			return r.start(ctx, cli, info.ID, spec.Name)
+		}
+		return &handle{cli: cli, id: info.ID, exit: &runtime.Exit{Code: -1, Error: "container was created but never started"}}, nil
+	case "exited", "dead":
+		exit := exitOf(info)
+		return &handle{cli: cli, id: info.ID, started: exit.StartedAt, exit: &exit}, nil
+	default:
+		waited := wait(ctx, cli, info.ID, container.WaitConditionNotRunning)
+		return &handle{cli: cli, id: info.ID, started: parseTime(info.State.StartedAt), waited: waited}, nil
+	}
+}
+
+// Logs implements runtime.Runtime.
+func (r *Runtime) Logs(ctx context.Context, node runtime.Node, name string, limit int64) ([]byte, bool, error) {
+	cli, err := r.Client(node.Hostname)
+	if err != nil {
+		return nil, false, err
+	}
+	rc, err := cli.ContainerLogs(ctx, name, container.LogsOptions{ShowStdout: true, ShowStderr: true})
+	if cerrdefs.IsNotFound(err) {
+		return nil, false, runtime.ErrNotFound
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("reading logs of %s: %w", name, err)
+	}
+	defer rc.Close()
+	w := &capWriter{limit: limit}
+	if _, err := stdcopy.StdCopy(w, w, rc); err != nil {
+		return nil, false, fmt.Errorf("reading logs of %s: %w", name, err)
+	}
+	return w.buf.Bytes(), w.truncated, nil
+}
+
+// Remove implements runtime.Runtime. It only removes containers that carry
+// the broker's label.
+func (r *Runtime) Remove(ctx context.Context, node runtime.Node, name string) error {
+	cli, err := r.Client(node.Hostname)
+	if err != nil {
+		return err
+	}
+	info, err := cli.ContainerInspect(ctx, name)
+	if cerrdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("inspecting container %s: %w", name, err)
+	}
+	if info.Config == nil || info.Config.Labels[runtime.LabelBroker] == "" {
+		return fmt.Errorf("refusing to remove container %s: it does not carry the broker's labels", name)
+	}
+	err = cli.ContainerRemove(ctx, info.ID, container.RemoveOptions{Force: true})
+	if err != nil && !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("removing container %s: %w", name, err)
+	}
+	return nil
+}
+
+type handle struct {
+	cli     *client.Client
+	id      string
+	started time.Time
+	waited  <-chan waitResult
+	exit    *runtime.Exit // set when the container had already exited
+}
+
+func (h *handle) ID() string           { return h.id }
+func (h *handle) StartedAt() time.Time { return h.started }
+
+func (h *handle) Wait(ctx context.Context) (runtime.Exit, error) {
+	if h.exit != nil {
+		return *h.exit, nil
+	}
+	var resp container.WaitResponse
+	select {
+	case w := <-h.waited:
+		if w.err != nil {
+			return runtime.Exit{}, fmt.Errorf("waiting for container %s: %w", h.id, w.err)
+		}
+		resp = w.resp
+	case <-ctx.Done():
+		return runtime.Exit{}, ctx.Err()
+	}
+	info, err := h.cli.ContainerInspect(ctx, h.id)
+	if err != nil {
+		exit := runtime.Exit{Code: int(resp.StatusCode), StartedAt: h.started, FinishedAt: time.Now()}
+		if resp.Error != nil {
+			exit.Error = resp.Error.Message
+		}
+		return exit, nil
+	}
+	return exitOf(info), nil
+}
+
+func exitOf(info container.InspectResponse) runtime.Exit {
+	return runtime.Exit{
+		Code:       info.State.ExitCode,
+		OOMKilled:  info.State.OOMKilled,
+		Error:      info.State.Error,
+		StartedAt:  parseTime(info.State.StartedAt),
+		FinishedAt: parseTime(info.State.FinishedAt),
+	}
+}
+
+func parseTime(s string) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil || t.Year() <= 1 {
+		return time.Time{}
+	}
+	return t.UTC()
+}
+
+// capWriter keeps the first limit bytes written to it and counts the rest.
+type capWriter struct {
+	buf       bytes.Buffer
+	limit     int64
+	truncated bool
+}
+
+func (w *capWriter) Write(p []byte) (int, error) {
+	room := w.limit - int64(w.buf.Len())
+	switch {
+	case room <= 0:
+		w.truncated = w.truncated || len(p) > 0
+	case int64(len(p)) > room:
+		w.buf.Write(p[:room])
+		w.truncated = true
+	default:
+		w.buf.Write(p)
+	}
+	return len(p), nil
+}

@@ -1,0 +1,361 @@
+// Package runner holds the runner: the actor that turns accepted
+// reservations into containers on nodes and reports what happens to them.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cbroker/broker/events"
+	"github.com/cbroker/broker/projections"
+	"github.com/cbroker/broker/services/actor"
+	"github.com/cbroker/broker/services/runtime"
+)
+
+// DefaultLogLimit is the default cap of archived logs per attempt.
+const DefaultLogLimit = 64 << 20
+
+// Config configures a Runner.
+type Config struct {
+	// Replica is the process's fold. Required.
+	Replica *projections.Replica
+	// Writer appends the runner's reports. Required.
+	Writer *actor.Writer
+	// JetStream holds the log object store. Required.
+	JetStream jetstream.JetStream
+	// Runtimes run the containers; the first that supports a node's hostname
+	// is used. Required.
+	Runtimes runtime.Set
+	// BrokerID is written into every container's labels. Required.
+	BrokerID string
+	// Mounts maps the storage mount names tasks may use to host paths.
+	Mounts map[string]string
+	// LogLimit caps the archived logs of one attempt. Defaults to
+	// DefaultLogLimit.
+	LogLimit int64
+	// Owns reports whether this runner is responsible for a node. Nil means
+	// every node.
+	Owns func(nodeID string) bool
+	// RetryDelay is the pause before retrying a failed Docker call. Defaults
+	// to 1s.
+	RetryDelay time.Duration
+	// FinishTimeout bounds the work after a container exited (archive,
+	// report, remove), which goes on after a stop signal. Defaults to 30s.
+	FinishTimeout time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Runner starts a container for every reservation the fold accepted on a
+// node it owns, waits for it, archives its logs, reports its exit and removes
+// it. After a restart it picks up where it stopped: a reservation whose
+// container exists is adopted (the create hits a name conflict), a running
+// container is waited for again, an exited one is reported.
+type Runner struct {
+	cfg Config
+	log *slog.Logger
+	obs jetstream.ObjectStore
+
+	mu       sync.Mutex
+	attempts map[attemptKey]bool // in flight; true once its goroutine ended
+}
+
+type attemptKey struct {
+	task    string
+	attempt int
+}
+
+// job is one attempt to run or adopt, copied out of the fold.
+type job struct {
+	key         attemptKey
+	node        runtime.Node
+	spec        runtime.Spec
+	adopt       bool  // the container was started before
+	specErr     error // the spec cannot be built (unknown mount)
+	correlation string
+	causation   string
+}
+
+// New returns a runner.
+func New(cfg Config) (*Runner, error) {
+	var problems []error
+	if cfg.Replica == nil || cfg.Writer == nil || cfg.JetStream == nil {
+		problems = append(problems, errors.New("Replica, Writer and JetStream are required"))
+	}
+	if len(cfg.Runtimes) == 0 {
+		problems = append(problems, errors.New("at least one runtime is required"))
+	}
+	if cfg.BrokerID == "" {
+		problems = append(problems, errors.New("BrokerID is required"))
+	}
+	if err := errors.Join(problems...); err != nil {
+		return nil, fmt.Errorf("invalid runner config: %w", err)
+	}
+	if cfg.LogLimit <= 0 {
+		cfg.LogLimit = DefaultLogLimit
+	}
+	if cfg.RetryDelay <= 0 {
+		cfg.RetryDelay = time.Second
+	}
+	if cfg.FinishTimeout <= 0 {
+		cfg.FinishTimeout = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Runner{cfg: cfg, log: cfg.Logger.With(slog.String("component", "runner")), attempts: map[attemptKey]bool{}}, nil
+}
+
+// Run runs attempts until ctx is done, then waits for its goroutines.
+// Containers keep running when the runner stops; the next runner adopts them.
+func (r *Runner) Run(ctx context.Context) error {
+	select {
+	case <-r.cfg.Replica.Ready():
+	case <-ctx.Done():
+		return nil
+	}
+	obs, err := r.cfg.JetStream.ObjectStore(ctx, events.ObjectStoreLogs)
+	if err != nil {
+		return fmt.Errorf("opening log store: %w", err)
+	}
+	r.obs = obs
+	r.log.InfoContext(ctx, "runner started")
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		changed := r.cfg.Replica.Changed()
+		for _, j := range r.collect() {
+			wg.Go(func() {
+				r.run(ctx, j)
+				r.mu.Lock()
+				r.attempts[j.key] = true
+				r.mu.Unlock()
+			})
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// collect returns the active attempts on owned nodes that have no goroutine
+// yet, and forgets finished attempts the fold has moved past.
+func (r *Runner) collect() []job {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var jobs []job
+	r.cfg.Replica.Read(func(s *projections.State) {
+		for key, done := range r.attempts {
+			if t := s.Tasks[key.task]; done && (t == nil || t.Attempt != key.attempt || !t.Active()) {
+				delete(r.attempts, key)
+			}
+		}
+		for _, t := range s.ActiveTasks() {
+			key := attemptKey{t.ID, t.Attempt}
+			if _, ok := r.attempts[key]; ok || (r.cfg.Owns != nil && !r.cfg.Owns(t.NodeID)) {
+				continue
+			}
+			n := s.Nodes[t.NodeID]
+			if n == nil {
+				continue
+			}
+			r.attempts[key] = false
+			jobs = append(jobs, r.newJob(t, n))
+		}
+	})
+	return jobs
+}
+
+func (r *Runner) newJob(t *projections.Task, n *projections.Node) job {
+	j := job{
+		key:  attemptKey{t.ID, t.Attempt},
+		node: runtime.Node{ID: n.ID, Hostname: n.Hostname},
+		spec: runtime.Spec{
+			TaskID: t.ID, Attempt: t.Attempt, Name: t.ContainerName, Image: t.Image, Cmd: t.Cmd,
+			Labels: map[string]string{
+				runtime.LabelBroker:  r.cfg.BrokerID,
+				runtime.LabelTask:    t.ID,
+				runtime.LabelAttempt: strconv.Itoa(t.Attempt),
+			},
+		},
+		adopt:       t.Status == projections.TaskStarted,
+		correlation: t.CorrelationID,
+		causation:   t.LastEventID,
+	}
+	names := make([]string, 0, len(t.StorageMounts))
+	for name := range t.StorageMounts {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		host, ok := r.cfg.Mounts[name]
+		if !ok {
+			j.specErr = fmt.Errorf("storage mount %q is not configured", name)
+			break
+		}
+		j.spec.Binds = append(j.spec.Binds, host+":"+t.StorageMounts[name])
+	}
+	return j
+}
+
+// current reports whether the fold still has the attempt running.
+func (r *Runner) current(key attemptKey) bool {
+	ok := false
+	r.cfg.Replica.Read(func(s *projections.State) {
+		t := s.Tasks[key.task]
+		ok = t != nil && t.Attempt == key.attempt && t.Active()
+	})
+	return ok
+}
+
+func (r *Runner) propose(ctx context.Context, j job, p events.Payload) error {
+	_, err := r.cfg.Writer.Propose(ctx, actor.Proposal{
+		Key:     actor.TaskKey(j.key.task, j.key.attempt, p.EventType()),
+		Payload: p, CorrelationID: j.correlation, CausationID: j.causation,
+	})
+	return err
+}
+
+func (r *Runner) run(ctx context.Context, j job) {
+	log := r.log.With(slog.String("task_id", j.key.task), slog.Int("attempt", j.key.attempt), slog.String("node_id", j.node.ID))
+	rt, ok := r.cfg.Runtimes.For(j.node.Hostname)
+	if !ok {
+		j.specErr = fmt.Errorf("no runtime can run containers on %s", j.node.Hostname)
+	}
+	var (
+		c   runtime.Container
+		err error
+	)
+	if j.adopt {
+		c, err = r.attach(ctx, rt, j)
+	} else {
+		c, err = r.start(ctx, rt, j, log)
+	}
+	if err != nil || c == nil {
+		return
+	}
+	exit, err := r.wait(ctx, rt, j, c)
+	if err != nil {
+		return
+	}
+	// The container has ended: finish the report even if asked to stop.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.FinishTimeout)
+	defer cancel()
+	r.finish(fctx, rt, j, exit, log)
+}
+
+func (r *Runner) start(ctx context.Context, rt runtime.Runtime, j job, log *slog.Logger) (runtime.Container, error) {
+	if j.specErr != nil {
+		return nil, r.propose(ctx, j, &events.StartFailed{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID, Error: j.specErr.Error()})
+	}
+	c, err := rt.Start(ctx, j.node, j.spec)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		var se *runtime.StartError
+		nodeFault := errors.As(err, &se) && se.NodeFault
+		log.WarnContext(ctx, "container did not start", slog.Any("error", err))
+		if rerr := rt.Remove(ctx, j.node, j.spec.Name); rerr != nil {
+			log.WarnContext(ctx, "removing container that did not start", slog.Any("error", rerr))
+		}
+		return nil, r.propose(ctx, j, &events.StartFailed{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID, Error: err.Error(), NodeFault: nodeFault})
+	}
+	log.InfoContext(ctx, "container started", slog.String("container", j.spec.Name))
+	err = r.propose(ctx, j, &events.ContainerStarted{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID,
+		ContainerID: c.ID(), ContainerName: j.spec.Name, StartedAt: events.Time(c.StartedAt())})
+	return c, err
+}
+
+// attach finds the container of an attempt started before. A container that
+// vanished is reported as an exit with code -1.
+func (r *Runner) attach(ctx context.Context, rt runtime.Runtime, j job) (runtime.Container, error) {
+	if j.specErr != nil {
+		return nil, r.vanished(ctx, j, j.specErr.Error())
+	}
+	for {
+		c, err := rt.Attach(ctx, j.node, j.spec)
+		switch {
+		case err == nil:
+			return c, nil
+		case errors.Is(err, runtime.ErrNotFound):
+			return nil, r.vanished(ctx, j, fmt.Sprintf("container %s is missing on node %s", j.spec.Name, j.node.Hostname))
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		}
+		var se *runtime.StartError
+		if errors.As(err, &se) {
+			return nil, r.vanished(ctx, j, err.Error())
+		}
+		r.log.WarnContext(ctx, "attaching to container; retrying", slog.String("container", j.spec.Name), slog.Any("error", err))
+		if !actor.Sleep(ctx, r.cfg.RetryDelay) || !r.current(j.key) {
+			return nil, context.Canceled
+		}
+	}
+}
+
+func (r *Runner) vanished(ctx context.Context, j job, msg string) error {
+	err := r.propose(ctx, j, &events.ContainerExited{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID, ExitCode: -1, Error: msg})
+	if err == nil {
+		return errors.New(msg)
+	}
+	return err
+}
+
+// wait waits for the container's exit, attaching again after Docker errors
+// for as long as the attempt is current.
+func (r *Runner) wait(ctx context.Context, rt runtime.Runtime, j job, c runtime.Container) (runtime.Exit, error) {
+	for {
+		exit, err := c.Wait(ctx)
+		if err == nil {
+			return exit, nil
+		}
+		if ctx.Err() != nil {
+			return runtime.Exit{}, ctx.Err()
+		}
+		r.log.WarnContext(ctx, "waiting for container; retrying", slog.String("container", j.spec.Name), slog.Any("error", err))
+		if !actor.Sleep(ctx, r.cfg.RetryDelay) || !r.current(j.key) {
+			return runtime.Exit{}, context.Canceled
+		}
+		if c, err = r.attach(ctx, rt, j); err != nil {
+			return runtime.Exit{}, err
+		}
+	}
+}
+
+// finish archives the attempt's logs, reports the exit and removes the
+// container, in that order, so that a reported exit always has its logs.
+func (r *Runner) finish(ctx context.Context, rt runtime.Runtime, j job, exit runtime.Exit, log *slog.Logger) {
+	logs, truncated, err := rt.Logs(ctx, j.node, j.spec.Name, r.cfg.LogLimit)
+	if err != nil {
+		log.WarnContext(ctx, "reading container logs", slog.Any("error", err))
+	}
+	if len(logs) > 0 {
+		name := events.LogObjectName(j.key.task, j.key.attempt)
+		if _, err := r.obs.PutBytes(ctx, name, logs); err != nil {
+			log.ErrorContext(ctx, "archiving container logs", slog.Any("error", err))
+		} else if err := r.propose(ctx, j, &events.LogsArchived{TaskID: j.key.task, Attempt: j.key.attempt,
+			Object: name, Bytes: int64(len(logs)), Truncated: truncated}); err != nil {
+			return
+		}
+	}
+	if err := r.propose(ctx, j, &events.ContainerExited{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID,
+		ExitCode: exit.Code, OOMKilled: exit.OOMKilled, Error: exit.Error,
+		StartedAt: events.Time(exit.StartedAt), FinishedAt: events.Time(exit.FinishedAt)}); err != nil {
+		return
+	}
+	log.InfoContext(ctx, "container exited", slog.String("container", j.spec.Name), slog.Int("exit_code", exit.Code))
+	if err := rt.Remove(ctx, j.node, j.spec.Name); err != nil {
+		log.WarnContext(ctx, "removing container", slog.Any("error", err))
+	}
+}

@@ -1,0 +1,216 @@
+package runner_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cbroker/broker/events"
+	"github.com/cbroker/broker/internal/dockertest"
+	"github.com/cbroker/broker/internal/natstest"
+	"github.com/cbroker/broker/projections"
+	"github.com/cbroker/broker/services/actor"
+	"github.com/cbroker/broker/services/docker"
+	"github.com/cbroker/broker/services/runner"
+	"github.com/cbroker/broker/services/runtime"
+)
+
+type bundle struct {
+	srv     *natstest.Server
+	replica *projections.Replica
+	writer  *actor.Writer
+	rt      *docker.Runtime
+	engine  dockertest.Engine
+	broker  string
+	nodeID  string
+}
+
+func setup(t *testing.T) *bundle {
+	t.Helper()
+	engines := dockertest.Engines(t, 1)
+	b := &bundle{srv: natstest.Run(t, ""), engine: engines[0], broker: "test-" + uuid.NewString()[:8], nodeID: uuid.NewString()}
+	dockertest.CleanupBroker(t, engines, b.broker)
+	b.rt = docker.New(docker.Config{})
+	t.Cleanup(func() { _ = b.rt.Close() })
+	var err error
+	b.replica, err = projections.NewReplica(projections.ReplicaConfig{JetStream: b.srv.JS})
+	require.NoError(t, err)
+	b.writer = &actor.Writer{JS: b.srv.JS, Actor: "test"}
+	run(t, b.replica.Run)
+	b.propose(t, &events.NodeRegistered{NodeID: b.nodeID, Hostname: b.engine.Hostname, Slots: map[string]int{"cpu": 2}})
+	b.propose(t, &events.NodeUp{NodeID: b.nodeID})
+	return b
+}
+
+// run runs a component until the test ends.
+func run(t *testing.T, f func(context.Context) error) context.CancelFunc {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { require.NoError(t, f(ctx)) })
+	stop := func() { cancel(); wg.Wait() }
+	t.Cleanup(stop)
+	return stop
+}
+
+func (b *bundle) propose(t *testing.T, p events.Payload) {
+	t.Helper()
+	acks, err := b.writer.Propose(t.Context(), actor.Proposal{Key: uuid.NewString(), Payload: p})
+	require.NoError(t, err)
+	out, err := b.replica.WaitSeq(t.Context(), acks[0].Seq)
+	require.NoError(t, err)
+	require.Truef(t, out.Accepted, "%s rejected: %s", out.Type, out.Reason)
+}
+
+// reserve submits a task and reserves its first attempt, as the scheduler
+// would.
+func (b *bundle) reserve(t *testing.T, cmd string) (string, string) {
+	t.Helper()
+	id := uuid.NewString()
+	b.propose(t, &events.TaskSubmitted{TaskID: id, Name: "runner test", Image: dockertest.Image, Cmd: cmd, ExecutionType: "cpu"})
+	name := projections.ContainerName("runner test", id, 1)
+	b.propose(t, &events.SlotReserved{TaskID: id, Attempt: 1, NodeID: b.nodeID, SlotID: "cpu-1", ContainerName: name})
+	return id, name
+}
+
+func (b *bundle) startRunner(t *testing.T) context.CancelFunc {
+	t.Helper()
+	r, err := runner.New(runner.Config{Replica: b.replica, Writer: b.writer, JetStream: b.srv.JS,
+		Runtimes: runtime.Set{b.rt}, BrokerID: b.broker, RetryDelay: 100 * time.Millisecond})
+	require.NoError(t, err)
+	return run(t, r.Run)
+}
+
+func (b *bundle) waitTask(t *testing.T, id string, cond func(*projections.Task) bool) *projections.Task {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	var task projections.Task
+	require.NoError(t, b.replica.WaitFor(ctx, func(s *projections.State) bool {
+		if tk := s.Tasks[id]; tk != nil && cond(tk) {
+			task = *tk
+			return true
+		}
+		return false
+	}))
+	return &task
+}
+
+// history returns the accepted event types of a task, in order.
+func (b *bundle) history(t *testing.T, id string) []events.Type {
+	t.Helper()
+	var types []events.Type
+	b.replica.ReadSince(0, func(_ *projections.State, applied []projections.Applied, complete bool) {
+		require.True(t, complete)
+		for _, a := range applied {
+			if a.AggregateID == id && a.Outcome.Accepted {
+				types = append(types, a.Type)
+			}
+		}
+	})
+	return types
+}
+
+func ended(tk *projections.Task) bool { return tk.AttemptEnded }
+
+func TestRunner(t *testing.T) {
+	t.Parallel()
+
+	t.Run("RunsAReservationArchivesLogsAndRemovesTheContainer", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.startRunner(t)
+		id, _ := b.reserve(t, "echo out; echo err >&2; exit 4")
+		task := b.waitTask(t, id, ended)
+		require.Equal(t, 4, *task.ExitCode)
+		require.False(t, task.StartedAt.IsZero())
+		require.Equal(t, []events.Type{events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskContainerStarted,
+			events.TypeTaskLogsArchived, events.TypeTaskContainerExited}, b.history(t, id))
+
+		logs, err := (&runner.LogReader{Replica: b.replica, JS: b.srv.JS, Runtimes: runtime.Set{b.rt}}).TaskLogs(t.Context(), id)
+		require.NoError(t, err)
+		require.Equal(t, "out\nerr\n", string(logs))
+		require.Eventually(t, func() bool { return len(dockertest.Containers(t, b.engine, b.broker)) == 0 }, 10*time.Second, 50*time.Millisecond)
+	})
+
+	t.Run("LiveLogsWhileRunning", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.startRunner(t)
+		id, _ := b.reserve(t, "echo early; sleep 30")
+		b.waitTask(t, id, func(tk *projections.Task) bool { return tk.Status == projections.TaskStarted })
+		reader := &runner.LogReader{Replica: b.replica, JS: b.srv.JS, Runtimes: runtime.Set{b.rt}}
+		require.EventuallyWithT(t, func(c *assertT) {
+			logs, err := reader.TaskLogs(t.Context(), id)
+			require.NoError(c, err)
+			require.Equal(c, "early\n", string(logs))
+		}, 10*time.Second, 50*time.Millisecond)
+		_, err := reader.TaskLogs(t.Context(), "no-such-task")
+		require.ErrorIs(t, err, runner.ErrTaskNotFound)
+	})
+
+	t.Run("AdoptsAContainerCreatedBeforeARestart", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id, name := b.reserve(t, "sleep 1; echo adopted")
+		// A previous runner created and started the container, then died
+		// before reporting anything.
+		_, err := b.rt.Start(t.Context(), runtime.Node{ID: b.nodeID, Hostname: b.engine.Hostname}, runtime.Spec{
+			TaskID: id, Attempt: 1, Name: name, Image: dockertest.Image, Cmd: "sleep 1; echo adopted",
+			Labels: map[string]string{runtime.LabelBroker: b.broker, runtime.LabelTask: id, runtime.LabelAttempt: "1"},
+		})
+		require.NoError(t, err)
+		b.startRunner(t)
+		task := b.waitTask(t, id, ended)
+		require.Equal(t, 0, *task.ExitCode)
+		require.Equal(t, []events.Type{events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskContainerStarted,
+			events.TypeTaskLogsArchived, events.TypeTaskContainerExited}, b.history(t, id))
+	})
+
+	t.Run("AdoptsARunningContainerAfterARestart", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		stop := b.startRunner(t)
+		id, _ := b.reserve(t, "sleep 2; echo survived")
+		b.waitTask(t, id, func(tk *projections.Task) bool { return tk.Status == projections.TaskStarted })
+		stop() // the container keeps running
+		require.Len(t, dockertest.Containers(t, b.engine, b.broker), 1)
+		b.startRunner(t)
+		task := b.waitTask(t, id, ended)
+		require.Equal(t, 0, *task.ExitCode)
+		logs, err := (&runner.LogReader{Replica: b.replica, JS: b.srv.JS, Runtimes: runtime.Set{b.rt}}).TaskLogs(t.Context(), id)
+		require.NoError(t, err)
+		require.Equal(t, "survived\n", string(logs))
+	})
+
+	t.Run("AVanishedContainerIsReported", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		stop := b.startRunner(t)
+		id, name := b.reserve(t, "sleep 30")
+		b.waitTask(t, id, func(tk *projections.Task) bool { return tk.Status == projections.TaskStarted })
+		stop()
+		require.NoError(t, b.rt.Remove(t.Context(), runtime.Node{Hostname: b.engine.Hostname}, name))
+		b.startRunner(t)
+		task := b.waitTask(t, id, ended)
+		require.Equal(t, -1, *task.ExitCode)
+		require.Contains(t, task.Error, "is missing on node")
+	})
+
+	t.Run("UnknownMountFailsTheStart", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.startRunner(t)
+		id := uuid.NewString()
+		b.propose(t, &events.TaskSubmitted{TaskID: id, Name: "m", Image: dockertest.Image, Cmd: "true", ExecutionType: "cpu",
+			StorageMounts: map[string]string{"nfs": "/data"}})
+		b.propose(t, &events.SlotReserved{TaskID: id, Attempt: 1, NodeID: b.nodeID, SlotID: "cpu-1", ContainerName: projections.ContainerName("m", id, 1)})
+		task := b.waitTask(t, id, ended)
+		require.True(t, task.StartFailed)
+		require.Contains(t, task.Error, `storage mount "nfs" is not configured`)
+	})
+}

@@ -1,0 +1,270 @@
+package scheduler
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"pgregory.net/rapid"
+
+	"github.com/cbroker/broker/events"
+	"github.com/cbroker/broker/projections"
+	"github.com/cbroker/broker/services/actor"
+)
+
+var now = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+
+// fold builds a state from payloads, requiring each to be accepted.
+func fold(t require.TestingT, ps ...events.Payload) *projections.State {
+	s := projections.NewState()
+	for _, p := range ps {
+		apply(t, s, p)
+	}
+	return s
+}
+
+func apply(t require.TestingT, s *projections.State, p events.Payload) projections.Outcome {
+	env, err := events.New("k", p, events.Meta{Time: now})
+	require.NoError(t, err)
+	out := s.Apply(env)
+	require.Truef(t, out.Accepted, "%s rejected: %s", out.Type, out.Reason)
+	return out
+}
+
+func nodeUp(id, host string, slots map[string]int) []events.Payload {
+	return []events.Payload{
+		&events.NodeRegistered{NodeID: id, Hostname: host, Slots: slots},
+		&events.NodeUp{NodeID: id},
+	}
+}
+
+func submit(id, typ string) *events.TaskSubmitted {
+	return &events.TaskSubmitted{TaskID: id, Name: "job", ExecutionType: typ, MaxRetries: 3}
+}
+
+func reservations(ps []actor.Proposal) []string {
+	var out []string
+	for _, p := range ps {
+		if r, ok := p.Payload.(*events.SlotReserved); ok {
+			out = append(out, fmt.Sprintf("%s@%s/%s#%d", r.TaskID, r.NodeID, r.SlotID, r.Attempt))
+		}
+	}
+	return out
+}
+
+func concat(groups ...[]events.Payload) []events.Payload {
+	var out []events.Payload
+	for _, g := range groups {
+		out = append(out, g...)
+	}
+	return out
+}
+
+func TestDecideReservations(t *testing.T) {
+	t.Parallel()
+	cases := map[string]struct {
+		events []events.Payload
+		want   []string
+	}{
+		"FIFOOnOneSlot": {
+			events: concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}),
+				[]events.Payload{submit("t1", "cpu"), submit("t2", "cpu")}),
+			want: []string{"t1@n1/cpu-1#1"},
+		},
+		"SpreadsByLowestBusyShare": {
+			events: concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 2}), nodeUp("n2", "tcp://b:1", map[string]int{"cpu": 2}),
+				[]events.Payload{submit("t1", "cpu"), submit("t2", "cpu"), submit("t3", "cpu")}),
+			want: []string{"t1@n1/cpu-1#1", "t2@n2/cpu-1#1", "t3@n1/cpu-2#1"},
+		},
+		"ShareIsPerExecutionType": {
+			// n1 is busy with io work, but its cpu share is 0 like n2's: the
+			// tie goes to the first name.
+			events: concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1, "io": 1}), nodeUp("n2", "tcp://b:1", map[string]int{"cpu": 1}),
+				[]events.Payload{submit("t0", "io"),
+					&events.SlotReserved{TaskID: "t0", Attempt: 1, NodeID: "n1", SlotID: "io-1", ContainerName: "c"},
+					submit("t1", "cpu")}),
+			want: []string{"t1@n1/cpu-1#1"},
+		},
+		"ShareNotCount": {
+			// n1 has 1 of 4 busy (25%), n2 0 of 1 (0%): n2 wins.
+			events: concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 4}), nodeUp("n2", "tcp://b:1", map[string]int{"cpu": 1}),
+				[]events.Payload{submit("t0", "cpu"),
+					&events.SlotReserved{TaskID: "t0", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
+					submit("t1", "cpu"), submit("t2", "cpu")}),
+			want: []string{"t1@n2/cpu-1#1", "t2@n1/cpu-2#1"},
+		},
+		"SkipsUnavailableAndUnknownTypes": {
+			events: concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}),
+				[]events.Payload{&events.NodeUnstable{NodeID: "n1"}, &events.NodeRegistered{NodeID: "n2", Hostname: "tcp://b:1", Slots: map[string]int{"cpu": 1}},
+					submit("t1", "cpu"), submit("t2", "gpu")}),
+			want: nil,
+		},
+		"RetryIsTheNextAttempt": {
+			events: concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}),
+				[]events.Payload{submit("t1", "cpu"),
+					&events.SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
+					&events.StartFailed{TaskID: "t1", Attempt: 1, NodeID: "n1", Error: "x"},
+					&events.TaskRetrying{TaskID: "t1", Attempt: 1, NextAttempt: 2}}),
+			want: []string{"t1@n1/cpu-1#2"},
+		},
+		"RetryWaitsForItsTimeWithoutBlockingOthers": {
+			events: concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}),
+				[]events.Payload{submit("t1", "cpu"), submit("t2", "cpu"),
+					&events.SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
+					&events.StartFailed{TaskID: "t1", Attempt: 1, NodeID: "n1", Error: "x"},
+					&events.TaskRetrying{TaskID: "t1", Attempt: 1, NextAttempt: 2, NotBefore: now.Add(time.Minute)}}),
+			want: []string{"t2@n1/cpu-1#1"},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			s := fold(t, tc.events...)
+			ps, _ := Decide(s, now, Policy{})
+			require.Equal(t, tc.want, reservations(ps))
+			for _, p := range ps {
+				require.Truef(t, apply(t, s, p.Payload).Accepted, "decision rejected by the fold")
+			}
+		})
+	}
+}
+
+func TestDecideReportsWhenARetryIsDue(t *testing.T) {
+	t.Parallel()
+	s := fold(t, concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}),
+		[]events.Payload{submit("t1", "cpu"),
+			&events.SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
+			&events.StartFailed{TaskID: "t1", Attempt: 1, NodeID: "n1", Error: "x"},
+			&events.TaskRetrying{TaskID: "t1", Attempt: 1, NextAttempt: 2, NotBefore: now.Add(time.Minute)}})...)
+	ps, wake := Decide(s, now, Policy{})
+	require.Empty(t, ps)
+	require.Equal(t, now.Add(time.Minute), wake)
+	ps, _ = Decide(s, now.Add(time.Minute), Policy{})
+	require.Equal(t, []string{"t1@n1/cpu-1#2"}, reservations(ps))
+}
+
+func TestDecideOutcomes(t *testing.T) {
+	t.Parallel()
+	attempt := func(code int, retriesUsed int) []events.Payload {
+		ps := concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}), []events.Payload{submit("t1", "cpu")})
+		for a := 1; a <= retriesUsed+1; a++ {
+			ps = append(ps,
+				&events.SlotReserved{TaskID: "t1", Attempt: a, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
+				&events.ContainerStarted{TaskID: "t1", Attempt: a, NodeID: "n1"},
+				&events.ContainerExited{TaskID: "t1", Attempt: a, NodeID: "n1", ExitCode: code})
+			if a <= retriesUsed {
+				ps = append(ps, &events.TaskRetrying{TaskID: "t1", Attempt: a, NextAttempt: a + 1})
+			}
+		}
+		return ps
+	}
+	cases := map[string]struct {
+		events []events.Payload
+		policy Policy
+		want   events.Payload
+	}{
+		"ExitZeroCompletes": {events: attempt(0, 0), want: &events.TaskCompleted{TaskID: "t1", Attempt: 1}},
+		"ExitNonZeroRetries": {
+			events: attempt(3, 0),
+			want:   &events.TaskRetrying{TaskID: "t1", Attempt: 1, NextAttempt: 2, Cause: events.CauseExitCode, Error: "container exited with code 3", ExitCode: new(3)},
+		},
+		"RetryDelayIsResolvedIntoTheEvent": {
+			events: attempt(3, 1),
+			policy: Policy{RetryDelay: func(string, int) time.Duration { return 2 * time.Second }},
+			want: &events.TaskRetrying{TaskID: "t1", Attempt: 2, NextAttempt: 3, NotBefore: now.Add(2 * time.Second),
+				Cause: events.CauseExitCode, Error: "container exited with code 3", ExitCode: new(3)},
+		},
+		"RetriesExhaustedFails": {
+			events: attempt(3, 3),
+			want:   &events.TaskFailed{TaskID: "t1", Attempt: 4, Cause: events.CauseExitCode, Error: "container exited with code 3", ExitCode: new(3)},
+		},
+		"StartErrorRetries": {
+			events: concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}), []events.Payload{submit("t1", "cpu"),
+				&events.SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
+				&events.StartFailed{TaskID: "t1", Attempt: 1, NodeID: "n1", Error: "image x is missing"}}),
+			want: &events.TaskRetrying{TaskID: "t1", Attempt: 1, NextAttempt: 2, Cause: events.CauseStartError, Error: "image x is missing"},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			s := fold(t, tc.events...)
+			ps, _ := Decide(s, now, tc.policy)
+			require.NotEmpty(t, ps)
+			require.Equal(t, tc.want, ps[0].Payload)
+			require.Equal(t, actor.TaskKey("t1", s.Tasks["t1"].Attempt, tc.want.EventType()), ps[0].Key)
+			apply(t, s, ps[0].Payload)
+		})
+	}
+}
+
+// TestDecideProperties checks, on random pools and queues, that every
+// decision is accepted by the fold, no slot is booked twice, no due task is
+// left waiting while a slot of its type is free on a schedulable node, and no
+// task overtakes an earlier due task of its type.
+func TestDecideProperties(t *testing.T) {
+	t.Parallel()
+	rapid.Check(t, func(rt *rapid.T) {
+		s := projections.NewState()
+		types := []string{"cpu", "io"}
+		nNodes := rapid.IntRange(0, 4).Draw(rt, "nodes")
+		for i := range nNodes {
+			id := fmt.Sprintf("n%d", i)
+			slots := map[string]int{}
+			for _, typ := range types {
+				if k := rapid.IntRange(0, 3).Draw(rt, "slots"); k > 0 {
+					slots[typ] = k
+				}
+			}
+			apply(rt, s, &events.NodeRegistered{NodeID: id, Hostname: "tcp://" + id + ":1", Slots: slots})
+			if rapid.Bool().Draw(rt, "up") {
+				apply(rt, s, &events.NodeUp{NodeID: id})
+			}
+		}
+		nTasks := rapid.IntRange(0, 12).Draw(rt, "tasks")
+		for i := range nTasks {
+			apply(rt, s, submit(fmt.Sprintf("t%02d", i), rapid.SampledFrom(types).Draw(rt, "type")))
+		}
+		for round := 0; round < 3; round++ {
+			ps, _ := Decide(s, now, Policy{})
+			booked := map[string]bool{}
+			for _, p := range ps {
+				r, ok := p.Payload.(*events.SlotReserved)
+				require.True(rt, ok)
+				slot := r.NodeID + "/" + r.SlotID
+				require.Falsef(rt, booked[slot], "slot %s booked twice in one round", slot)
+				booked[slot] = true
+				apply(rt, s, r)
+			}
+			// Nothing left to place: every queue is empty or its type is full.
+			for _, typ := range s.QueuedTypes() {
+				for _, n := range s.Nodes {
+					if n.Schedulable() {
+						require.Nilf(rt, n.FreeSlot(typ), "task of type %s waits while node %s has a free slot", typ, n.ID)
+					}
+				}
+			}
+		}
+		// FIFO: within a type, every placed task was submitted before every
+		// waiting one.
+		for _, typ := range types {
+			var lastPlaced, firstWaiting uint64
+			for _, task := range s.Tasks {
+				if task.ExecutionType != typ {
+					continue
+				}
+				if task.Queued() {
+					if firstWaiting == 0 || task.SubmitSeq < firstWaiting {
+						firstWaiting = task.SubmitSeq
+					}
+				} else {
+					lastPlaced = max(lastPlaced, task.SubmitSeq)
+				}
+			}
+			if firstWaiting != 0 {
+				require.Less(rt, lastPlaced, firstWaiting, "a later task of type %s overtook an earlier one", typ)
+			}
+		}
+	})
+}
