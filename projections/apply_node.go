@@ -15,12 +15,12 @@ func (s *State) applyRegistered(env events.Envelope, p *events.NodeRegistered) e
 	case p.NodeID != env.AggregateID:
 		return rejectf("payload node %q does not match aggregate %q", p.NodeID, env.AggregateID)
 	case s.Nodes[p.NodeID] != nil:
-		return rejectf("node %s already exists", p.NodeID)
+		return rejectCode(CodeExists, "node %s already exists", p.NodeID)
 	case p.Hostname == "":
 		return rejectf("node %s has no hostname", p.NodeID)
 	}
 	if other, taken := s.hostnames[p.Hostname]; taken {
-		return rejectf("hostname %s is already taken by node %s", p.Hostname, other)
+		return rejectCode(CodeHostnameTaken, "hostname %s is already taken by node %s", p.Hostname, other)
 	}
 	for typ, n := range p.Slots {
 		if typ == "" || n < 0 {

@@ -13,7 +13,7 @@ func (s *State) applySubmitted(env events.Envelope, p *events.TaskSubmitted) err
 	case p.TaskID != env.AggregateID:
 		return rejectf("payload task %q does not match aggregate %q", p.TaskID, env.AggregateID)
 	case s.Tasks[p.TaskID] != nil:
-		return rejectf("task %s already exists", p.TaskID)
+		return rejectCode(CodeExists, "task %s already exists", p.TaskID)
 	case p.ExecutionType == "":
 		return rejectf("task %s has no execution type", p.TaskID)
 	case p.MaxRetries < 0:

@@ -17,6 +17,9 @@ type Outcome struct {
 	Accepted    bool        `json:"accepted"`
 	// Reason says why an event was rejected.
 	Reason string `json:"reason,omitempty"`
+	// Code classifies some rejections for callers that branch on them
+	// (see the Code constants); empty otherwise.
+	Code Code `json:"code,omitempty"`
 	// Unknown is set for an event type this version does not know; it is
 	// skipped without effect.
 	Unknown bool `json:"unknown,omitempty"`
@@ -71,14 +74,37 @@ func (s *State) Apply(env events.Envelope) Outcome {
 	}
 	if err := s.apply(env, p); err != nil {
 		out.Reason = err.Error()
+		if r := (*rejection)(nil); errors.As(err, &r) {
+			out.Code = r.code
+		}
 		return out
 	}
 	out.Accepted = true
 	return out
 }
 
+// Code classifies a rejection.
+type Code string
+
+// Rejection codes callers branch on.
+const (
+	CodeHostnameTaken Code = "hostname_taken"
+	CodeExists        Code = "exists"
+)
+
 // rejection is an error the fold returns for an invalid proposal.
-func rejectf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+type rejection struct {
+	code Code
+	msg  string
+}
+
+func (r *rejection) Error() string { return r.msg }
+
+func rejectf(format string, args ...any) error { return &rejection{msg: fmt.Sprintf(format, args...)} }
+
+func rejectCode(code Code, format string, args ...any) error {
+	return &rejection{code: code, msg: fmt.Sprintf(format, args...)}
+}
 
 func (s *State) apply(env events.Envelope, p events.Payload) error {
 	switch p := p.(type) {

@@ -1,0 +1,210 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cbroker/broker/events"
+	"github.com/cbroker/broker/projections"
+)
+
+// LogSource reads a task's logs.
+type LogSource interface {
+	TaskLogs(ctx context.Context, taskID string) ([]byte, error)
+}
+
+// Config configures a Gateway.
+type Config struct {
+	// Replica is the process's fold. Required.
+	Replica *projections.Replica
+	// JetStream is where events are appended. Required.
+	JetStream jetstream.JetStream
+	// Logs reads task logs. Required.
+	Logs LogSource
+	// CheckHostname validates a node's Docker address. Required.
+	CheckHostname func(hostname string) error
+	// Mounts are the storage mount names tasks may use (name → host path).
+	Mounts map[string]string
+	// MaxRetries is the retry count written into submitted tasks. Defaults
+	// to 3, as the seed's task_retry_count.
+	MaxRetries int
+	// Actor names the gateway in its events. Defaults to "gateway".
+	Actor string
+	// ApplyTimeout bounds the wait for the fold to apply a write. Defaults
+	// to 10s.
+	ApplyTimeout time.Duration
+	// BodyLimit caps request bodies. Defaults to "1M".
+	BodyLimit string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Now defaults to time.Now.
+	Now func() time.Time
+}
+
+// Gateway is the REST API.
+type Gateway struct {
+	cfg  Config
+	log  *slog.Logger
+	echo *echo.Echo
+}
+
+// New returns a gateway with its routes.
+func New(cfg Config) (*Gateway, error) {
+	if cfg.Replica == nil || cfg.JetStream == nil || cfg.Logs == nil || cfg.CheckHostname == nil {
+		return nil, errors.New("invalid gateway config: Replica, JetStream, Logs and CheckHostname are required")
+	}
+	if cfg.MaxRetries == 0 {
+		cfg.MaxRetries = 3
+	}
+	if cfg.Actor == "" {
+		cfg.Actor = "gateway"
+	}
+	if cfg.ApplyTimeout <= 0 {
+		cfg.ApplyTimeout = 10 * time.Second
+	}
+	if cfg.BodyLimit == "" {
+		cfg.BodyLimit = "1M"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	g := &Gateway{cfg: cfg, log: cfg.Logger.With(slog.String("component", "gateway"))}
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = g.handleError
+	e.Use(middleware.Recover(), middleware.BodyLimit(cfg.BodyLimit), middleware.RequestID())
+	g.routes(e)
+	g.echo = e
+	return g, nil
+}
+
+func (g *Gateway) routes(e *echo.Echo) {
+	e.POST("/tasks", g.createTask)
+	e.GET("/tasks/:uuid", g.showTask)
+	e.GET("/tasks/:uuid/logs", g.taskLogs)
+	e.GET("/nodes", g.listNodes)
+	e.POST("/nodes", g.createNode)
+	e.GET("/nodes/:uuid", g.showNode)
+}
+
+// Handler returns the gateway as an http.Handler.
+func (g *Gateway) Handler() http.Handler { return g.echo }
+
+// Serve answers requests on ln until ctx is done, then shuts down gracefully.
+func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: g.echo, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	g.log.InfoContext(ctx, "http api listening", slog.String("addr", ln.Addr().String()))
+	select {
+	case err := <-errc:
+		return fmt.Errorf("http api: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutting down http api: %w", err)
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("http api: %w", err)
+	}
+	return nil
+}
+
+// errorBody is the JSON body of every error but validation errors.
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+// validationError is a 422 whose body, as the seed's, maps each field to
+// what is wrong with it.
+type validationError map[string][]string
+
+func (v validationError) Error() string {
+	return fmt.Sprintf("invalid fields: %v", map[string][]string(v))
+}
+
+func (v validationError) add(field, msg string) {
+	if !slices.Contains(v[field], msg) {
+		v[field] = append(v[field], msg)
+	}
+}
+
+// httpError is an error with a status.
+type httpError struct {
+	status int
+	msg    string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func errorf(status int, format string, args ...any) error {
+	return &httpError{status: status, msg: fmt.Sprintf(format, args...)}
+}
+
+// handleError turns every error into a JSON answer.
+func (g *Gateway) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	var (
+		status = http.StatusInternalServerError
+		body   any
+		verr   validationError
+		herr   *httpError
+		eerr   *echo.HTTPError
+	)
+	switch {
+	case errors.As(err, &verr):
+		status, body = http.StatusUnprocessableEntity, verr
+	case errors.As(err, &herr):
+		status, body = herr.status, errorBody{Error: herr.msg}
+	case errors.As(err, &eerr):
+		status, body = eerr.Code, errorBody{Error: fmt.Sprint(eerr.Message)}
+	default:
+		g.log.ErrorContext(c.Request().Context(), "request failed", slog.String("path", c.Path()), slog.Any("error", err))
+		body = errorBody{Error: "internal error: " + err.Error()}
+	}
+	if c.Request().Method == http.MethodHead {
+		err = c.NoContent(status)
+	} else {
+		err = c.JSON(status, body)
+	}
+	if err != nil {
+		g.log.WarnContext(c.Request().Context(), "writing error response", slog.Any("error", err))
+	}
+}
+
+// apply appends one event and waits until the fold has applied it,
+// returning the fold's outcome.
+func (g *Gateway) apply(ctx context.Context, key string, p events.Payload, correlation string) (projections.Outcome, error) {
+	env, err := events.New(key, p, events.Meta{CorrelationID: correlation, Actor: g.cfg.Actor})
+	if err != nil {
+		return projections.Outcome{}, err
+	}
+	ack, err := events.Append(ctx, g.cfg.JetStream, env)
+	if err != nil {
+		return projections.Outcome{}, errorf(http.StatusServiceUnavailable, "the event log is not available: %v", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, g.cfg.ApplyTimeout)
+	defer cancel()
+	out, err := g.cfg.Replica.WaitSeq(wctx, ack.Seq)
+	if err != nil {
+		return projections.Outcome{}, errorf(http.StatusServiceUnavailable, "%s for %s was stored but not applied in time: %v", env.Type, env.AggregateID, err)
+	}
+	return out, nil
+}

@@ -1,0 +1,142 @@
+package gateway
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+
+	"github.com/cbroker/broker/events"
+	"github.com/cbroker/broker/projections"
+)
+
+// taskJSON is the seed's TaskSerializer, field for field.
+type taskJSON struct {
+	UUID           string                 `json:"uuid"`
+	Status         projections.TaskStatus `json:"status"`
+	ExitCode       *int                   `json:"exit_code"`
+	Error          *string                `json:"error"`
+	TryCount       int                    `json:"try_count"`
+	CreatedAt      *string                `json:"created_at"`
+	StartedAt      *string                `json:"started_at"`
+	FinishedAt     *string                `json:"finished_at"`
+	SecondsRunning *int                   `json:"seconds_running"`
+	ExecutionType  string                 `json:"execution_type"`
+}
+
+func newTaskJSON(v projections.TaskView) taskJSON {
+	return taskJSON{
+		UUID: v.UUID, Status: v.Status, ExitCode: v.ExitCode, Error: v.Error, TryCount: v.TryCount,
+		CreatedAt: v.CreatedAt, StartedAt: v.StartedAt, FinishedAt: v.FinishedAt,
+		SecondsRunning: v.SecondsRunning, ExecutionType: v.ExecutionType,
+	}
+}
+
+// taskView renders a task from the fold, or a 404.
+func (g *Gateway) taskView(id string) (projections.TaskView, error) {
+	var (
+		v     projections.TaskView
+		found bool
+	)
+	now := g.cfg.Now()
+	g.cfg.Replica.Read(func(s *projections.State) {
+		if t, ok := s.Tasks[id]; ok {
+			v, found = s.NewTaskView(t, now), true
+		}
+	})
+	if !found {
+		return v, errorf(http.StatusNotFound, "task %s not found", id)
+	}
+	return v, nil
+}
+
+// requestID is the client's X-Request-Id, or the one the middleware made.
+func requestID(c echo.Context) string {
+	if id := c.Request().Header.Get(echo.HeaderXRequestID); id != "" {
+		return id
+	}
+	return c.Response().Header().Get(echo.HeaderXRequestID)
+}
+
+// createTask handles POST /tasks: 200 and the task, as the seed.
+func (g *Gateway) createTask(c echo.Context) error {
+	body, err := io.ReadAll(c.Request().Body)
+	if err != nil {
+		return errorf(http.StatusBadRequest, "reading the request body: %v", err)
+	}
+	req, err := parseTaskRequest(body, g.cfg.Mounts)
+	if err != nil {
+		return err
+	}
+	rid := requestID(c)
+	tags := map[string]string{}
+	for k, v := range req.Tags {
+		tags[k] = v
+	}
+	tags["request_id"] = rid
+	id := uuid.NewString()
+	p := &events.TaskSubmitted{
+		TaskID: id, Name: req.Name, Image: req.Image, Cmd: req.Cmd, ExecutionType: req.ExecutionType,
+		StorageMounts: req.StorageMounts, Tags: tags, PersistLogs: req.PersistLogs,
+		MaxRetries: g.cfg.MaxRetries, CreatedAt: events.Time(g.cfg.Now()),
+	}
+	out, err := g.apply(c.Request().Context(), "task:"+id+":submitted", p, rid)
+	if err != nil {
+		return err
+	}
+	if !out.Accepted {
+		return errorf(http.StatusConflict, "task not accepted: %s", out.Reason)
+	}
+	v, err := g.taskView(id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, newTaskJSON(v))
+}
+
+// showTask handles GET /tasks/:uuid.
+func (g *Gateway) showTask(c echo.Context) error {
+	v, err := g.taskView(c.Param("uuid"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, newTaskJSON(v))
+}
+
+// taskLogs handles GET /tasks/:uuid/logs: {"logs": "..."}, live while the
+// container runs, archived afterwards. Invalid UTF-8 bytes become '?', as
+// the seed does; they never cause an error.
+func (g *Gateway) taskLogs(c echo.Context) error {
+	id := c.Param("uuid")
+	if _, err := g.taskView(id); err != nil {
+		return err
+	}
+	logs, err := g.cfg.Logs.TaskLogs(c.Request().Context(), id)
+	if err != nil {
+		return errorf(http.StatusBadGateway, "reading logs of task %s: %v", id, err)
+	}
+	return c.JSON(http.StatusOK, map[string]string{"logs": validUTF8(logs)})
+}
+
+// validUTF8 replaces every byte that is not part of valid UTF-8 with '?'.
+func validUTF8(b []byte) string {
+	if utf8.Valid(b) {
+		return string(b)
+	}
+	var sb strings.Builder
+	sb.Grow(len(b))
+	for len(b) > 0 {
+		r, size := utf8.DecodeRune(b)
+		if r == utf8.RuneError && size <= 1 {
+			sb.WriteByte('?')
+			b = b[1:]
+			continue
+		}
+		sb.Write(b[:size])
+		b = b[size:]
+	}
+	return sb.String()
+}
