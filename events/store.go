@@ -26,6 +26,9 @@ const (
 	// KeyProjectorSeq is the BucketMeta key holding the last stream sequence
 	// the projector wrote to the views.
 	KeyProjectorSeq = "projector.last_seq"
+	// KeyBrokerID is the BucketMeta key holding the id of this event store;
+	// every container the broker creates carries it as a label.
+	KeyBrokerID = "broker.id"
 )
 
 // DuplicateWindow is how long JetStream remembers a Nats-Msg-Id.

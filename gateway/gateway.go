@@ -104,7 +104,15 @@ func (g *Gateway) routes(e *echo.Echo) {
 func (g *Gateway) Handler() http.Handler { return g.echo }
 
 // Serve answers requests on ln until ctx is done, then shuts down gracefully.
+// It starts answering once the fold has caught up with the log, so that no
+// answer reflects a state older than what was written before a restart;
+// clients that connect earlier wait in the listener's backlog.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	select {
+	case <-g.cfg.Replica.Ready():
+	case <-ctx.Done():
+		return nil
+	}
 	srv := &http.Server{Handler: g.echo, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -191,11 +199,7 @@ func (g *Gateway) handleError(err error, c echo.Context) {
 
 // apply appends one event and waits until the fold has applied it,
 // returning the fold's outcome.
-func (g *Gateway) apply(ctx context.Context, key string, p events.Payload, correlation string) (projections.Outcome, error) {
-	env, err := events.New(key, p, events.Meta{CorrelationID: correlation, Actor: g.cfg.Actor})
-	if err != nil {
-		return projections.Outcome{}, err
-	}
+func (g *Gateway) apply(ctx context.Context, env events.Envelope) (projections.Outcome, error) {
 	ack, err := events.Append(ctx, g.cfg.JetStream, env)
 	if err != nil {
 		return projections.Outcome{}, errorf(http.StatusServiceUnavailable, "the event log is not available: %v", err)

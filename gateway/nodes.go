@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"io"
+	"maps"
 	"net/http"
 
 	"github.com/google/uuid"
@@ -23,7 +24,7 @@ type nodeJSON struct {
 }
 
 func newNodeJSON(n *projections.Node) nodeJSON {
-	slots := n.SlotsWanted
+	slots := maps.Clone(n.SlotsWanted) // answered after the fold's lock is released
 	if slots == nil {
 		slots = map[string]int{}
 	}
@@ -81,7 +82,11 @@ func (g *Gateway) createNode(c echo.Context) error {
 	id := uuid.NewString()
 	p := &events.NodeRegistered{NodeID: id, Hostname: req.Hostname, Slots: req.Slots, RunnerProvider: "docker",
 		RegisteredAt: events.Time(g.cfg.Now())}
-	out, err := g.apply(c.Request().Context(), "node:"+id+":registered", p, requestID(c))
+	env, err := events.New("node:"+id+":registered", p, events.Meta{CorrelationID: requestID(c), Actor: g.cfg.Actor})
+	if err != nil {
+		return err
+	}
+	out, err := g.apply(c.Request().Context(), env)
 	if err != nil {
 		return err
 	}
@@ -91,9 +96,9 @@ func (g *Gateway) createNode(c echo.Context) error {
 		}
 		return errorf(http.StatusConflict, "node not accepted: %s", out.Reason)
 	}
-	n, err := g.node(id)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusCreated, n)
+	// Answer with the node as the registration left it (unavailable until
+	// its first probe), even if a probe has already answered.
+	s := projections.NewState()
+	s.Apply(env)
+	return c.JSON(http.StatusCreated, newNodeJSON(s.Nodes[id]))
 }

@@ -83,18 +83,22 @@ func (g *Gateway) createTask(c echo.Context) error {
 		StorageMounts: req.StorageMounts, Tags: tags, PersistLogs: req.PersistLogs,
 		MaxRetries: g.cfg.MaxRetries, CreatedAt: events.Time(g.cfg.Now()),
 	}
-	out, err := g.apply(c.Request().Context(), "task:"+id+":submitted", p, rid)
+	env, err := events.New("task:"+id+":submitted", p, events.Meta{CorrelationID: rid, Actor: g.cfg.Actor})
+	if err != nil {
+		return err
+	}
+	out, err := g.apply(c.Request().Context(), env)
 	if err != nil {
 		return err
 	}
 	if !out.Accepted {
 		return errorf(http.StatusConflict, "task not accepted: %s", out.Reason)
 	}
-	v, err := g.taskView(id)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, newTaskJSON(v))
+	// Answer with the task as the submission left it (waiting), as the seed
+	// does, even if the scheduler has already moved it on.
+	s := projections.NewState()
+	s.Apply(env)
+	return c.JSON(http.StatusOK, newTaskJSON(s.NewTaskView(s.Tasks[id], g.cfg.Now())))
 }
 
 // showTask handles GET /tasks/:uuid.

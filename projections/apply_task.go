@@ -33,10 +33,10 @@ func (s *State) applySubmitted(env events.Envelope, p *events.TaskSubmitted) err
 		CorrelationID:  env.CorrelationID,
 		CreatedAt:      p.CreatedAt,
 		SubmitSeq:      env.Seq,
-		Status:         TaskWaiting,
 		LastEventID:    env.ID,
 	}
 	s.Tasks[t.ID] = t
+	s.setStatus(t, TaskWaiting)
 	s.enqueue(t)
 	return nil
 }
@@ -68,7 +68,7 @@ func (s *State) applyReserved(t *Task, p *events.SlotReserved) error {
 		return rejectf("slot %s of node %s is %s for task %s attempt %d", slot.ID, n.ID, slot.Status, slot.TaskID, slot.Attempt)
 	}
 	s.dequeue(t)
-	t.Status = TaskStarting
+	s.setStatus(t, TaskStarting)
 	t.Attempt = p.Attempt
 	t.NodeID, t.SlotID, t.ContainerName, t.ContainerID = n.ID, slot.ID, p.ContainerName, ""
 	t.AttemptEnded, t.StartFailed = false, false
@@ -98,7 +98,7 @@ func (s *State) applyStarted(t *Task, p *events.ContainerStarted) error {
 	if t.Status != TaskStarting {
 		return rejectf("attempt %d of task %s was already started", p.Attempt, t.ID)
 	}
-	t.Status = TaskStarted
+	s.setStatus(t, TaskStarted)
 	t.ContainerID = p.ContainerID
 	t.StartedAt = p.StartedAt
 	t.FinishedAt = time.Time{}
@@ -201,7 +201,7 @@ func (s *State) applyCompleted(t *Task, p *events.TaskCompleted) error {
 	if !t.succeeded() {
 		return rejectf("attempt %d of task %s did not succeed", p.Attempt, t.ID)
 	}
-	t.Status = TaskCompleted
+	s.setStatus(t, TaskCompleted)
 	t.Error = ""
 	s.decided(t)
 	return nil
@@ -219,7 +219,7 @@ func (s *State) applyRetrying(t *Task, p *events.TaskRetrying) error {
 	case p.NextAttempt != t.Attempt+1:
 		return rejectf("next attempt of task %s is %d, not %d", t.ID, t.Attempt+1, p.NextAttempt)
 	}
-	t.Status = TaskRetry
+	s.setStatus(t, TaskRetry)
 	t.TryCount++
 	t.NotBefore = p.NotBefore
 	if p.Error != "" {
@@ -237,7 +237,7 @@ func (s *State) applyFailed(t *Task, p *events.TaskFailed) error {
 	if t.succeeded() {
 		return rejectf("attempt %d of task %s succeeded; it cannot fail", p.Attempt, t.ID)
 	}
-	t.Status = TaskFailed
+	s.setStatus(t, TaskFailed)
 	if p.Error != "" {
 		t.Error = p.Error
 	}

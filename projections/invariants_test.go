@@ -49,6 +49,13 @@ func checkInvariants(t require.TestingT, s *State) {
 		inQueue := slices.Contains(s.queues[task.ExecutionType], task)
 		require.Equalf(t, task.Queued(), inQueue, "task %s (%s) in queue: %t", id, task.Status, inQueue)
 	}
+	counts := map[TaskStatus]int{}
+	for _, task := range s.Tasks {
+		counts[task.Status]++
+	}
+	for st, n := range s.TaskCounts {
+		require.Equalf(t, counts[st], n, "count of %s tasks", st)
+	}
 	for typ, q := range s.queues {
 		require.NotEmpty(t, q, "empty queue kept for %s", typ)
 		require.True(t, slices.IsSortedFunc(q, func(a, b *Task) int { return int(a.SubmitSeq) - int(b.SubmitSeq) }))

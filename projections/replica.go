@@ -80,6 +80,14 @@ func NewReplica(cfg ReplicaConfig) (*Replica, error) {
 // Run folds the stream from the start until ctx is done. It closes Ready once
 // it has folded every event that was in the stream when it started.
 func (r *Replica) Run(ctx context.Context) error {
+	err := r.run(ctx)
+	if err != nil && ctx.Err() != nil {
+		return nil // stopped while starting
+	}
+	return err
+}
+
+func (r *Replica) run(ctx context.Context) error {
 	stream, err := r.js.Stream(ctx, events.StreamName)
 	if err != nil {
 		return fmt.Errorf("opening stream %s: %w", events.StreamName, err)

@@ -32,6 +32,8 @@ type State struct {
 	Seq   uint64
 	Tasks map[string]*Task
 	Nodes map[string]*Node
+	// TaskCounts is the number of tasks in each status.
+	TaskCounts map[TaskStatus]int
 
 	queues    map[string][]*Task // per execution type, waiting|retry tasks by SubmitSeq
 	awaiting  map[string]*Task   // attempt ended, decision pending
@@ -42,12 +44,13 @@ type State struct {
 // NewState returns an empty state.
 func NewState() *State {
 	return &State{
-		Tasks:     map[string]*Task{},
-		Nodes:     map[string]*Node{},
-		queues:    map[string][]*Task{},
-		awaiting:  map[string]*Task{},
-		active:    map[string]*Task{},
-		hostnames: map[string]string{},
+		Tasks:      map[string]*Task{},
+		Nodes:      map[string]*Node{},
+		TaskCounts: map[TaskStatus]int{},
+		queues:     map[string][]*Task{},
+		awaiting:   map[string]*Task{},
+		active:     map[string]*Task{},
+		hostnames:  map[string]string{},
 	}
 }
 
@@ -215,6 +218,15 @@ func sortedBySubmit(m map[string]*Task) []*Task {
 	}
 	slices.SortFunc(out, func(a, b *Task) int { return cmp.Compare(a.SubmitSeq, b.SubmitSeq) })
 	return out
+}
+
+// setStatus changes a task's status and keeps TaskCounts in step.
+func (s *State) setStatus(t *Task, st TaskStatus) {
+	if t.Status != "" {
+		s.TaskCounts[t.Status]--
+	}
+	t.Status = st
+	s.TaskCounts[st]++
 }
 
 func (s *State) enqueue(t *Task) {

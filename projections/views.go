@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"maps"
 	"math"
 	"slices"
 	"time"
@@ -62,15 +63,15 @@ func (s *State) NewTaskView(t *Task, now time.Time) TaskView {
 		Image:          t.Image,
 		Cmd:            t.Cmd,
 		Status:         t.Status,
-		ExitCode:       t.ExitCode,
+		ExitCode:       copyPtr(t.ExitCode),
 		TryCount:       t.TryCount,
 		CreatedAt:      FormatTime(t.CreatedAt),
 		StartedAt:      FormatTime(t.StartedAt),
 		FinishedAt:     FormatTime(t.FinishedAt),
 		SecondsRunning: secondsRunning(t, now),
 		ExecutionType:  t.ExecutionType,
-		Tags:           nonNil(t.Tags),
-		StorageMounts:  nonNil(t.StorageMounts),
+		Tags:           cloneMap(t.Tags),
+		StorageMounts:  cloneMap(t.StorageMounts),
 		PersistLogs:    t.PersistLogs,
 		Attempt:        t.Attempt,
 		MaxRetries:     t.MaxRetries,
@@ -78,10 +79,10 @@ func (s *State) NewTaskView(t *Task, now time.Time) TaskView {
 		NotBefore:      FormatTime(t.NotBefore),
 	}
 	if t.Error != "" {
-		v.Error = &t.Error
+		v.Error = ptr(t.Error)
 	}
 	if t.ContainerName != "" {
-		v.RunnerID = &t.ContainerName
+		v.RunnerID = ptr(t.ContainerName)
 	}
 	if slot := s.slotOf(t); slot != nil {
 		n := s.Nodes[t.NodeID]
@@ -111,11 +112,23 @@ func secondsRunning(t *Task, now time.Time) *int {
 	return &secs
 }
 
-func nonNil[M ~map[K]V, K comparable, V any](m M) M {
+// Views are marshalled after the state's lock is released: they share no
+// memory with the state.
+
+func ptr[T any](v T) *T { return &v }
+
+func copyPtr[T any](p *T) *T {
+	if p == nil {
+		return nil
+	}
+	return ptr(*p)
+}
+
+func cloneMap[M ~map[K]V, K comparable, V any](m M) M {
 	if m == nil {
 		return M{}
 	}
-	return m
+	return maps.Clone(m)
 }
 
 // NodeView is the JSON view of a node written to the nodes bucket: the
@@ -159,21 +172,21 @@ func (s *State) NewNodeView(n *Node) NodeView {
 		Hostname:              n.Hostname,
 		Status:                n.Status,
 		LastSuccessAt:         FormatTime(n.LastSuccessAt),
-		SlotsExecutionTypes:   nonNil(n.SlotsWanted),
+		SlotsExecutionTypes:   cloneMap(n.SlotsWanted),
 		AcceptNewTasks:        n.AcceptNewTasks,
 		RunnerProvider:        n.RunnerProvider,
 		Slots:                 []SlotView{},
 		UsagePerExecutionType: []TypeUsage{},
 	}
 	if n.LastError != "" {
-		v.LastError = &n.LastError
+		v.LastError = ptr(n.LastError)
 	}
 	var types []string
 	for _, slot := range n.Slots {
 		sv := SlotView{UUID: n.ID + "/" + slot.ID, Name: n.SlotName(slot), Status: slot.Status, ExecutionType: slot.ExecutionType}
 		if t, ok := s.Tasks[slot.TaskID]; ok && slot.TaskID != "" {
-			sv.RunnerID = &t.ContainerName
-			sv.TaskUUID = &t.ID
+			sv.RunnerID = ptr(t.ContainerName)
+			sv.TaskUUID = ptr(t.ID)
 		}
 		v.Slots = append(v.Slots, sv)
 		if !slices.Contains(types, slot.ExecutionType) {

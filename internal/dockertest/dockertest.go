@@ -25,9 +25,12 @@ const EnvHosts = "CB_TEST_DOCKER_HOSTS"
 // static busybox, built by the test setup. Tests never pull.
 const Image = "cb-test/busybox:latest"
 
-// LabelBroker is the label the broker puts on its containers; dockertest
+// Labels the broker puts on its containers (services/runtime); dockertest
 // removes the containers of a test's broker id when the test ends.
-const LabelBroker = "io.cbroker.broker"
+const (
+	LabelBroker = "io.cbroker.broker"
+	LabelTask   = "io.cbroker.task"
+)
 
 // Engine is one Docker engine for tests.
 type Engine struct {
@@ -90,10 +93,20 @@ func CleanupBroker(t testing.TB, engines []Engine, brokerID string) {
 // Containers lists all containers, running or not, labelled with the broker id.
 func Containers(t testing.TB, e Engine, brokerID string) []container.Summary {
 	t.Helper()
+	return list(t, e, LabelBroker+"="+brokerID)
+}
+
+// TaskContainers lists all containers, running or not, of a task.
+func TaskContainers(t testing.TB, e Engine, taskID string) []container.Summary {
+	t.Helper()
+	return list(t, e, LabelTask+"="+taskID)
+}
+
+func list(t testing.TB, e Engine, label string) []container.Summary {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	list, err := e.Client.ContainerList(ctx, container.ListOptions{All: true,
-		Filters: filters.NewArgs(filters.Arg("label", LabelBroker+"="+brokerID))})
+	list, err := e.Client.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", label))})
 	if err != nil {
 		t.Errorf("listing containers on %s: %v", e.Hostname, err)
 	}

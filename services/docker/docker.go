@@ -330,13 +330,19 @@ func (h *handle) Wait(ctx context.Context) (runtime.Exit, error) {
 }
 
 func exitOf(info container.InspectResponse) runtime.Exit {
-	return runtime.Exit{
+	exit := runtime.Exit{
 		Code:       info.State.ExitCode,
 		OOMKilled:  info.State.OOMKilled,
 		Error:      info.State.Error,
 		StartedAt:  parseTime(info.State.StartedAt),
 		FinishedAt: parseTime(info.State.FinishedAt),
 	}
+	// Docker stamps StartedAt after the start returns, so a process that
+	// ends at once can show a FinishedAt before it; it ran for no time.
+	if !exit.FinishedAt.IsZero() && exit.FinishedAt.Before(exit.StartedAt) {
+		exit.FinishedAt = exit.StartedAt
+	}
+	return exit
 }
 
 func parseTime(s string) time.Time {

@@ -271,7 +271,7 @@ func (r *Runner) start(ctx context.Context, rt runtime.Runtime, j job, log *slog
 		}
 		return nil, r.propose(ctx, j, &events.StartFailed{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID, Error: err.Error(), NodeFault: nodeFault})
 	}
-	log.InfoContext(ctx, "container started", slog.String("container", j.spec.Name))
+	log.DebugContext(ctx, "container started", slog.String("container", j.spec.Name))
 	err = r.propose(ctx, j, &events.ContainerStarted{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID,
 		ContainerID: c.ID(), ContainerName: j.spec.Name, StartedAt: events.Time(c.StartedAt())})
 	return c, err
@@ -354,7 +354,7 @@ func (r *Runner) finish(ctx context.Context, rt runtime.Runtime, j job, exit run
 		StartedAt: events.Time(exit.StartedAt), FinishedAt: events.Time(exit.FinishedAt)}); err != nil {
 		return
 	}
-	log.InfoContext(ctx, "container exited", slog.String("container", j.spec.Name), slog.Int("exit_code", exit.Code))
+	log.DebugContext(ctx, "container exited", slog.String("container", j.spec.Name), slog.Int("exit_code", exit.Code))
 	if err := rt.Remove(ctx, j.node, j.spec.Name); err != nil {
 		log.WarnContext(ctx, "removing container", slog.Any("error", err))
 	}

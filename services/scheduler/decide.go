@@ -41,7 +41,7 @@ func decideOutcomes(s *projections.State, now time.Time, policy Policy) []actor.
 	var ps []actor.Proposal
 	for _, t := range s.AwaitingDecision() {
 		p := actor.Proposal{CorrelationID: t.CorrelationID, CausationID: t.LastEventID}
-		cause, msg := events.CauseExitCode, t.Error
+		cause, msg, code := events.CauseExitCode, t.Error, copyCode(t.ExitCode)
 		if t.StartFailed {
 			cause = events.CauseStartError
 		} else if msg == "" && t.ExitCode != nil {
@@ -58,14 +58,24 @@ func decideOutcomes(s *projections.State, now time.Time, policy Policy) []actor.
 				}
 			}
 			p.Payload = &events.TaskRetrying{TaskID: t.ID, Attempt: t.Attempt, NextAttempt: t.Attempt + 1,
-				NotBefore: notBefore, Cause: cause, Error: msg, ExitCode: t.ExitCode}
+				NotBefore: notBefore, Cause: cause, Error: msg, ExitCode: code}
 		default:
-			p.Payload = &events.TaskFailed{TaskID: t.ID, Attempt: t.Attempt, Cause: cause, Error: msg, ExitCode: t.ExitCode}
+			p.Payload = &events.TaskFailed{TaskID: t.ID, Attempt: t.Attempt, Cause: cause, Error: msg, ExitCode: code}
 		}
 		p.Key = actor.TaskKey(t.ID, t.Attempt, p.Payload.EventType())
 		ps = append(ps, p)
 	}
 	return ps
+}
+
+// copyCode copies an exit code out of the state: proposals are encoded
+// after the fold's lock is released.
+func copyCode(p *int) *int {
+	if p == nil {
+		return nil
+	}
+	c := *p
+	return &c
 }
 
 // candidate is a node's capacity for one execution type during one round.

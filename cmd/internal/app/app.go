@@ -1,0 +1,486 @@
+// Package app wires the broker together: the NATS connection (an embedded
+// server or an external one), the event stream and buckets, the fold and the
+// actors, and the HTTP API. Both `broker serve` and `broker bench` run it,
+// and the end-to-end tests run it in-process.
+package app
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cbroker/broker/events"
+	"github.com/cbroker/broker/gateway"
+	"github.com/cbroker/broker/projections"
+	"github.com/cbroker/broker/services/actor"
+	"github.com/cbroker/broker/services/docker"
+	"github.com/cbroker/broker/services/health"
+	"github.com/cbroker/broker/services/runner"
+	"github.com/cbroker/broker/services/runtime"
+	"github.com/cbroker/broker/services/scheduler"
+)
+
+// DefaultNATSConfig is the repository's nats.conf, built into the binary.
+//
+//go:embed nats.conf
+var DefaultNATSConfig string
+
+// Local node modes.
+const (
+	LocalNodeAuto  = "auto"
+	LocalNodeTrue  = "true"
+	LocalNodeFalse = "false"
+)
+
+// Config is everything the broker needs to run.
+type Config struct {
+	// Listen is the HTTP API's address. Defaults to 127.0.0.1:8080.
+	Listen string
+	// DataDir holds the embedded NATS server's store. Required unless
+	// NATSURL is set.
+	DataDir string
+	// NATSURL connects to an external NATS server instead of starting one.
+	NATSURL string
+	// NATSConfig is the embedded server's configuration file; "" uses
+	// DefaultNATSConfig.
+	NATSConfig string
+	// NATSListen overrides the embedded server's client address
+	// ("host:port", port -1 for a random one); "none" opens no TCP port.
+	NATSListen string
+	// LocalNode is auto (register the Docker engine at DOCKER_HOST or the
+	// default socket when it answers), true (the same, but an engine must
+	// answer) or false.
+	LocalNode string
+	// LocalNodeSlots are the local node's slots. Defaults to cpu=2.
+	LocalNodeSlots map[string]int
+	// Mounts map storage mount names to host paths.
+	Mounts map[string]string
+	// Runtimes run containers. Defaults to the Docker runtime.
+	Runtimes runtime.Set
+	// HealthInterval and HealthGrace tune the node health monitor.
+	HealthInterval, HealthGrace time.Duration
+	// Instance names this process in the actor field of its events.
+	// Defaults to the host name and process id.
+	Instance string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8080"
+	}
+	if c.LocalNode == "" {
+		c.LocalNode = LocalNodeAuto
+	}
+	if len(c.LocalNodeSlots) == 0 {
+		c.LocalNodeSlots = map[string]int{"cpu": 2}
+	}
+	if c.Instance == "" {
+		host, _ := os.Hostname()
+		c.Instance = host + "-" + strconv.Itoa(os.Getpid())
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if c.DataDir == "" && c.NATSURL == "" {
+		errs = append(errs, errors.New("a data directory or a NATS URL is required"))
+	}
+	switch c.LocalNode {
+	case LocalNodeAuto, LocalNodeTrue, LocalNodeFalse:
+	default:
+		errs = append(errs, fmt.Errorf("local node must be auto, true or false, not %q", c.LocalNode))
+	}
+	for name, path := range c.Mounts {
+		if name == "" || !filepath.IsAbs(path) {
+			errs = append(errs, fmt.Errorf("storage mount %q=%q: want name=/absolute/host/path", name, path))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// App is a running broker's connections and components.
+type App struct {
+	cfg Config
+	log *slog.Logger
+
+	srv *server.Server // nil with an external NATS
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	ln  net.Listener
+
+	// BrokerID identifies this broker's event store; it labels every
+	// container the broker creates.
+	BrokerID string
+	// Replica is the process's fold.
+	Replica *projections.Replica
+	docker  *docker.Runtime
+}
+
+// New connects to NATS (starting the embedded server if needed), makes sure
+// the stream, buckets and object store exist, and opens the HTTP listener.
+// Call Run, or Close if Run is never called.
+func New(ctx context.Context, cfg Config) (*App, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	a := &App{cfg: cfg, log: cfg.Logger}
+	if len(cfg.Runtimes) == 0 {
+		a.docker = docker.New(docker.Config{Logger: cfg.Logger})
+		a.cfg.Runtimes = runtime.Set{a.docker}
+	}
+	if err := a.open(ctx); err != nil {
+		a.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *App) open(ctx context.Context) error {
+	var err error
+	if a.cfg.NATSURL != "" {
+		a.nc, err = nats.Connect(a.cfg.NATSURL, nats.Name("broker "+a.cfg.Instance), nats.MaxReconnects(-1))
+		if err != nil {
+			return fmt.Errorf("connecting to %s: %w", a.cfg.NATSURL, err)
+		}
+	} else if err := a.startEmbedded(); err != nil {
+		return err
+	}
+	if a.js, err = jetstream.New(a.nc); err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	if err := ensure(ctx, a.js); err != nil {
+		return err
+	}
+	if a.BrokerID, err = brokerID(ctx, a.js); err != nil {
+		return err
+	}
+	if a.Replica, err = projections.NewReplica(projections.ReplicaConfig{JetStream: a.js, Logger: a.log}); err != nil {
+		return err
+	}
+	if a.ln, err = net.Listen("tcp", a.cfg.Listen); err != nil {
+		return fmt.Errorf("http api: %w", err)
+	}
+	return nil
+}
+
+// ensure creates the stream and buckets, retrying while JetStream is not
+// ready yet.
+func ensure(ctx context.Context, js jetstream.JetStream) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := events.Ensure(cctx, js, 1)
+		cancel()
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (a *App) startEmbedded() error {
+	opts := &server.Options{}
+	if a.cfg.NATSConfig != "" {
+		if err := opts.ProcessConfigFile(a.cfg.NATSConfig); err != nil {
+			return fmt.Errorf("reading %s: %w", a.cfg.NATSConfig, err)
+		}
+	} else if err := opts.ProcessConfigString(DefaultNATSConfig); err != nil {
+		return fmt.Errorf("built-in nats.conf: %w", err)
+	}
+	opts.JetStream = true
+	opts.StoreDir = filepath.Join(a.cfg.DataDir, "nats")
+	opts.NoSigs = true
+	opts.NoLog = true
+	switch a.cfg.NATSListen {
+	case "":
+	case "none":
+		opts.DontListen = true
+	default:
+		host, port, err := net.SplitHostPort(a.cfg.NATSListen)
+		if err != nil {
+			return fmt.Errorf("nats listen address %q: %w", a.cfg.NATSListen, err)
+		}
+		if opts.Port, err = strconv.Atoi(port); err != nil {
+			return fmt.Errorf("nats listen address %q: %w", a.cfg.NATSListen, err)
+		}
+		opts.Host = host
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return fmt.Errorf("embedded nats server: %w", err)
+	}
+	srv.Start()
+	a.srv = srv
+	if !srv.ReadyForConnections(30 * time.Second) {
+		return errors.New("embedded nats server did not start in 30s")
+	}
+	a.nc, err = nats.Connect("", nats.InProcessServer(srv), nats.Name("broker "+a.cfg.Instance))
+	if err != nil {
+		return fmt.Errorf("connecting to the embedded nats server: %w", err)
+	}
+	a.log.Info("embedded nats server started", slog.String("store_dir", opts.StoreDir),
+		slog.String("client_url", clientURL(srv, opts)))
+	return nil
+}
+
+func clientURL(srv *server.Server, opts *server.Options) string {
+	if opts.DontListen {
+		return "none"
+	}
+	return srv.ClientURL()
+}
+
+// brokerID reads the id of this event store, creating it the first time.
+func brokerID(ctx context.Context, js jetstream.JetStream) (string, error) {
+	kv, err := js.KeyValue(ctx, events.BucketMeta)
+	if err != nil {
+		return "", fmt.Errorf("opening %s: %w", events.BucketMeta, err)
+	}
+	if _, err := kv.Create(ctx, events.KeyBrokerID, []byte(uuid.NewString())); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return "", fmt.Errorf("creating the broker id: %w", err)
+	}
+	e, err := kv.Get(ctx, events.KeyBrokerID)
+	if err != nil {
+		return "", fmt.Errorf("reading the broker id: %w", err)
+	}
+	return string(e.Value()), nil
+}
+
+// Addr is the HTTP API's address.
+func (a *App) Addr() string { return a.ln.Addr().String() }
+
+// JetStream returns the app's JetStream handle.
+func (a *App) JetStream() jetstream.JetStream { return a.js }
+
+// NATSURL is the embedded server's client URL, or "" when it does not listen.
+func (a *App) NATSURL() string {
+	if a.srv == nil || a.srv.Addr() == nil {
+		return ""
+	}
+	return a.srv.ClientURL()
+}
+
+func (a *App) writer(role string) *actor.Writer {
+	return &actor.Writer{JS: a.js, Actor: a.cfg.Instance + "/" + role, Logger: a.log}
+}
+
+// Run runs every component until ctx is done or one fails, then shuts
+// everything down in order: components, the NATS connection, the embedded
+// server.
+func (a *App) Run(ctx context.Context) error {
+	defer a.Close()
+	components, err := a.components(ctx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	for name, run := range components {
+		wg.Go(func() {
+			if err := run(ctx); err != nil {
+				a.log.Error("component failed", slog.String("component", name), slog.Any("error", err))
+				cancel(fmt.Errorf("%s: %w", name, err))
+			}
+		})
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+func (a *App) components(ctx context.Context) (map[string]func(context.Context) error, error) {
+	projector, err := projections.NewProjector(ctx, projections.ProjectorConfig{JetStream: a.js, Replica: a.Replica, Logger: a.log})
+	if err != nil {
+		return nil, err
+	}
+	sched, err := scheduler.New(scheduler.Config{Replica: a.Replica, Writer: a.writer("scheduler"), Logger: a.log})
+	if err != nil {
+		return nil, err
+	}
+	run, err := runner.New(runner.Config{Replica: a.Replica, Writer: a.writer("runner"), JetStream: a.js,
+		Runtimes: a.cfg.Runtimes, BrokerID: a.BrokerID, Mounts: a.cfg.Mounts, Logger: a.log})
+	if err != nil {
+		return nil, err
+	}
+	monitor, err := health.New(health.Config{Replica: a.Replica, Writer: a.writer("health"), Runtimes: a.cfg.Runtimes,
+		Interval: a.cfg.HealthInterval, Grace: a.cfg.HealthGrace, Logger: a.log})
+	if err != nil {
+		return nil, err
+	}
+	gw, err := gateway.New(gateway.Config{
+		Replica: a.Replica, JetStream: a.js, Mounts: a.cfg.Mounts, Actor: a.cfg.Instance + "/gateway", Logger: a.log,
+		Logs:          &runner.LogReader{Replica: a.Replica, JS: a.js, Runtimes: a.cfg.Runtimes},
+		CheckHostname: checkHostname,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]func(context.Context) error{
+		"replica":    a.Replica.Run,
+		"projector":  projector.Run,
+		"scheduler":  sched.Run,
+		"runner":     run.Run,
+		"health":     monitor.Run,
+		"gateway":    func(ctx context.Context) error { return gw.Serve(ctx, a.ln) },
+		"local-node": a.registerLocalNode,
+	}, nil
+}
+
+// checkHostname accepts the Docker addresses a node may have.
+func checkHostname(hostname string) error {
+	_, err := docker.ParseHost(hostname)
+	return err
+}
+
+// Close releases everything New opened. Run calls it.
+func (a *App) Close() {
+	if a.ln != nil {
+		_ = a.ln.Close()
+	}
+	if a.nc != nil {
+		if err := a.nc.Drain(); err == nil {
+			for i := 0; i < 100 && !a.nc.IsClosed(); i++ {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		a.nc.Close()
+	}
+	if a.srv != nil {
+		a.srv.Shutdown()
+		a.srv.WaitForShutdown()
+	}
+	if a.docker != nil {
+		_ = a.docker.Close()
+	}
+}
+
+// RegisterNode registers a node unless one with its hostname exists, and
+// returns its id. The id is derived from the hostname, so that two brokers
+// registering the same engine at once store one registration.
+func (a *App) RegisterNode(ctx context.Context, hostname string, slots map[string]int) (string, error) {
+	select {
+	case <-a.Replica.Ready():
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	var existing *projections.Node
+	a.Replica.Read(func(s *projections.State) {
+		if n, ok := s.NodeByHostname(hostname); ok {
+			c := *n
+			existing = &c
+		}
+	})
+	if existing != nil {
+		if !equalSlots(existing.SlotsWanted, slots) {
+			a.log.WarnContext(ctx, "node already registered with other slots; keeping them",
+				slog.String("hostname", hostname), slog.Any("slots", existing.SlotsWanted))
+		}
+		return existing.ID, nil
+	}
+	id := uuid.NewSHA1(uuid.NameSpaceURL, []byte("cbroker-node:"+hostname)).String()
+	acks, err := a.writer("local-node").Propose(ctx, actor.Proposal{Key: "node:" + id + ":registered",
+		Payload: &events.NodeRegistered{NodeID: id, Hostname: hostname, Slots: slots, RunnerProvider: "docker", RegisteredAt: events.Time(time.Now())}})
+	if err != nil {
+		return "", err
+	}
+	out, err := a.Replica.WaitSeq(ctx, acks[0].Seq)
+	if err != nil {
+		return "", err
+	}
+	if !out.Accepted && out.Code != projections.CodeExists && out.Code != projections.CodeHostnameTaken {
+		return "", fmt.Errorf("registering node %s: %s", hostname, out.Reason)
+	}
+	a.log.InfoContext(ctx, "node registered", slog.String("node_id", id), slog.String("hostname", hostname), slog.Any("slots", slots))
+	return id, nil
+}
+
+func equalSlots(a, b map[string]int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// LocalDockerHost is the Docker engine the local node mode looks for:
+// DOCKER_HOST, or the default socket.
+func LocalDockerHost() string {
+	if h := os.Getenv("DOCKER_HOST"); h != "" {
+		return h
+	}
+	return "unix:///var/run/docker.sock"
+}
+
+func (a *App) registerLocalNode(ctx context.Context) error {
+	if a.cfg.LocalNode == LocalNodeFalse {
+		return nil
+	}
+	host := LocalDockerHost()
+	rt, ok := a.cfg.Runtimes.For(host)
+	var err error
+	if !ok {
+		err = fmt.Errorf("unsupported Docker address %q", host)
+	} else {
+		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err = rt.Ping(pctx, runtime.Node{Hostname: host})
+		cancel()
+	}
+	if err != nil {
+		if a.cfg.LocalNode == LocalNodeTrue {
+			return fmt.Errorf("local Docker engine %s: %w", host, err)
+		}
+		a.log.InfoContext(ctx, "no local Docker engine answers; not registering a local node (POST /nodes adds one)",
+			slog.String("docker_host", host), slog.Any("error", err))
+		return nil
+	}
+	if _, err := a.RegisterNode(ctx, host, a.cfg.LocalNodeSlots); err != nil && ctx.Err() == nil {
+		return err
+	}
+	return nil
+}
+
+// ParseSlots parses "cpu=2,network=10".
+func ParseSlots(s string) (map[string]int, error) {
+	out := map[string]int{}
+	for part := range strings.SplitSeq(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, count, ok := strings.Cut(part, "=")
+		n, err := strconv.Atoi(strings.TrimSpace(count))
+		if !ok || err != nil || n < 0 || strings.TrimSpace(name) == "" {
+			return nil, fmt.Errorf("slots %q: want type=count[,type=count...]", s)
+		}
+		out[strings.TrimSpace(name)] = n
+	}
+	return out, nil
+}
