@@ -209,7 +209,7 @@ func TestFoldStateAfterLifecycles(t *testing.T) {
 		})
 		task := s.Tasks["t1"]
 		require.Equal(t, TaskCompleted, task.Status)
-		require.Equal(t, 0, *task.ExitCode)
+		require.Equal(t, new(0), task.ExitCode)
 		require.Equal(t, 0, task.TryCount)
 		require.Equal(t, t0.Add(time.Second), task.FinishedAt)
 		logs, ok := task.LatestLogs()
@@ -239,7 +239,7 @@ func TestFoldStateAfterLifecycles(t *testing.T) {
 		require.Equal(t, TaskFailed, task.Status)
 		require.Equal(t, 3, task.TryCount)
 		require.Equal(t, 4, task.Attempt)
-		require.Equal(t, 3, *task.ExitCode)
+		require.Equal(t, new(3), task.ExitCode)
 	})
 
 	t.Run("QueueIsFIFOAndRetriesKeepTheirPlace", func(t *testing.T) {

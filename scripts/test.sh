@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The project's test command: makes the Docker engines and the test image
-# available (scripts/test-engines.sh: installs and starts them on a fresh
+# available (scripts/engines.sh: installs and starts them on a fresh
 # Debian machine when missing), then vets and runs every module's tests with
 # the race detector. Extra arguments go to `go test` (e.g. -run TestEndToEnd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
-hosts=$(scripts/test-engines.sh)
+hosts=$(scripts/engines.sh)
 export "${hosts?}"
 echo "test engines: ${CB_TEST_DOCKER_HOSTS}"
 

@@ -52,7 +52,11 @@ func (s *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	log.Info("broker serving", slog.String("http", "http://"+a.Addr()), slog.String("broker_id", a.BrokerID))
-	return a.Run(ctx)
+	if err := a.Run(ctx); err != nil {
+		return err
+	}
+	log.Info("broker stopped")
+	return nil
 }
 
 type benchCmd struct {

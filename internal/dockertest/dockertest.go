@@ -1,5 +1,5 @@
 // Package dockertest gives tests the real Docker engines the test setup
-// started (scripts/test-engines.sh) and cleans up after them.
+// started (scripts/engines.sh) and cleans up after them.
 //
 // The engines are listed in CB_TEST_DOCKER_HOSTS, comma-separated, as node
 // hostnames (unix:///..., tcp://...). Without them a test is skipped, except
@@ -50,7 +50,7 @@ func Engines(t testing.TB, n int) []Engine {
 		}
 	}
 	if len(hosts) < n {
-		unavailable(t, "%s lists %d Docker engines, the test needs %d; run scripts/test-engines.sh", EnvHosts, len(hosts), n)
+		unavailable(t, "%s lists %d Docker engines, the test needs %d; run scripts/engines.sh", EnvHosts, len(hosts), n)
 	}
 	engines := make([]Engine, 0, n)
 	for _, h := range hosts[:n] {

@@ -127,7 +127,7 @@ func TestRunner(t *testing.T) {
 		b.startRunner(t)
 		id, _ := b.reserve(t, "echo out; echo err >&2; exit 4")
 		task := b.waitTask(t, id, ended)
-		require.Equal(t, 4, *task.ExitCode)
+		require.Equal(t, new(4), task.ExitCode)
 		require.False(t, task.StartedAt.IsZero())
 		require.Equal(t, []events.Type{events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskContainerStarted,
 			events.TypeTaskLogsArchived, events.TypeTaskContainerExited}, b.history(t, id))
@@ -169,7 +169,7 @@ func TestRunner(t *testing.T) {
 		require.NoError(t, err)
 		b.startRunner(t)
 		task := b.waitTask(t, id, ended)
-		require.Equal(t, 0, *task.ExitCode)
+		require.Equal(t, new(0), task.ExitCode)
 		require.Equal(t, []events.Type{events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskContainerStarted,
 			events.TypeTaskLogsArchived, events.TypeTaskContainerExited}, b.history(t, id))
 	})
@@ -184,7 +184,7 @@ func TestRunner(t *testing.T) {
 		require.Len(t, dockertest.Containers(t, b.engine, b.broker), 1)
 		b.startRunner(t)
 		task := b.waitTask(t, id, ended)
-		require.Equal(t, 0, *task.ExitCode)
+		require.Equal(t, new(0), task.ExitCode)
 		logs, err := (&runner.LogReader{Replica: b.replica, JS: b.srv.JS, Runtimes: runtime.Set{b.rt}}).TaskLogs(t.Context(), id)
 		require.NoError(t, err)
 		require.Equal(t, "survived\n", string(logs))
@@ -200,7 +200,7 @@ func TestRunner(t *testing.T) {
 		require.NoError(t, b.rt.Remove(t.Context(), runtime.Node{Hostname: b.engine.Hostname}, name))
 		b.startRunner(t)
 		task := b.waitTask(t, id, ended)
-		require.Equal(t, -1, *task.ExitCode)
+		require.Equal(t, new(-1), task.ExitCode)
 		require.Contains(t, task.Error, "is missing on node")
 	})
 

@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
-# Makes Docker engines available to the tests, idempotently and quickly when
-# they are already up:
+# Makes Docker engines available to the broker (scripts/run.sh) and to the
+# tests (scripts/test.sh), idempotently and quickly when they are already up:
 #   - an engine already reachable (DOCKER_HOST or /var/run/docker.sock) is used;
 #   - the missing ones are started here as extra dockerd processes, each with
 #     its own data root, exec root, pidfile, unix socket and TCP port on
 #     127.0.0.1 (installing docker.io from Debian's packages first if needed);
 #   - every engine gets the local test image cb-test/busybox:latest, built
 #     FROM scratch with Debian's static busybox (nothing is ever pulled).
-# It writes CB_TEST_DOCKER_HOSTS=<hostnames> to $CB_ENGINES_DIR/hosts.env and
-# prints the same line; scripts/test.sh sources it.
+# It prints CB_TEST_DOCKER_HOSTS=<hostnames, comma-separated> and writes the
+# same line to $CB_ENGINES_DIR/hosts.env.
 #
-# Settings: CB_TEST_ENGINES (default 2), CB_ENGINES_DIR (default /tmp/cb-engines).
+# Settings: CB_ENGINES, how many engines (default 2, what the tests need);
+# CB_ENGINES_DIR (default /tmp/cb-engines).
 set -euo pipefail
 
-want=${CB_TEST_ENGINES:-2}
+want=${CB_ENGINES:-2}
 base=${CB_ENGINES_DIR:-/tmp/cb-engines}
 image=cb-test/busybox:latest
 mkdir -p "$base"
 
-log() { echo "test-engines: $*" >&2; }
+log() { echo "engines: $*" >&2; }
 
 as_root() {
 	if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -28,6 +29,7 @@ install_packages() {
 	local missing=()
 	command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 	command -v docker >/dev/null 2>&1 || missing+=(docker.io)
+	command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 	[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && file_is_static /bin/busybox || missing+=(busybox-static)
 	if [ ${#missing[@]} -gt 0 ]; then
 		log "installing ${missing[*]}"
@@ -51,12 +53,21 @@ start_engine() {
 	if [ -f "$dir/docker.pid" ] && ! kill -0 "$(cat "$dir/docker.pid")" 2>/dev/null; then
 		rm -f "$dir/docker.pid" # left behind by a killed engine
 	fi
-	local net=()
-	if [ "$n" -gt 1 ]; then net=(--bridge=none --iptables=false --ip6tables=false); fi
-	log "starting engine $n ($sock, tcp://127.0.0.1:$port)"
+	# Each engine gets a bridge of its own (cbr<N>, 172.30.<N>.0/24): engines
+	# sharing docker0 trip over each other, and an engine started with
+	# --bridge=none deletes docker0 under the others. Only the first engine
+	# manages iptables (outbound NAT for its containers).
+	local br="cbr$n" net=(--bridge="cbr$n")
+	if [ "$n" -gt 1 ]; then net+=(--iptables=false --ip6tables=false); fi
+	log "starting engine $n ($sock, tcp://127.0.0.1:$port, bridge $br)"
 	cat >"$dir/start.sh" <<START
 #!/usr/bin/env bash
 rm -f "$dir/docker.pid"
+if ! ip link show $br >/dev/null 2>&1; then
+	ip link add name $br type bridge
+	ip addr add 172.30.$n.1/24 dev $br
+fi
+ip link set $br up
 exec setsid dockerd --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \\
 	-H "$sock" -H "tcp://127.0.0.1:$port" ${net[*]} >>"$dir/dockerd.log" 2>&1 </dev/null
 START
