@@ -16,9 +16,11 @@ func samples() []Payload {
 	at := time.Date(2026, 11, 27, 10, 0, 0, 123_000_000, time.UTC)
 	code := 3
 	return []Payload{
-		&TaskSubmitted{TaskID: "t1", Name: "n", Image: "busybox", Cmd: "echo hi", ExecutionType: "cpu",
+		&TaskSubmitted{
+			TaskID: "t1", Name: "n", Image: "busybox", Cmd: "echo hi", ExecutionType: "cpu",
 			StorageMounts: map[string]string{"shared": "/data"}, Tags: map[string]string{"a": "1"},
-			PersistLogs: true, MaxRetries: 3, IdempotencyKey: "k", CreatedAt: at},
+			PersistLogs: true, MaxRetries: 3, IdempotencyKey: "k", CreatedAt: at,
+		},
 		&SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "n-t1-a1"},
 		&ContainerStarted{TaskID: "t1", Attempt: 1, NodeID: "n1", ContainerID: "c", ContainerName: "n-t1-a1", StartedAt: at},
 		&StartFailed{TaskID: "t1", Attempt: 1, NodeID: "n1", Error: "no such image", NodeFault: true},

@@ -28,8 +28,10 @@ func newNodeJSON(n *projections.Node) nodeJSON {
 	if slots == nil {
 		slots = map[string]int{}
 	}
-	return nodeJSON{UUID: n.ID, Hostname: n.Hostname, Status: n.Status, AcceptNewTasks: n.AcceptNewTasks,
-		SlotsExecutionTypes: slots, RunnerProvider: n.RunnerProvider}
+	return nodeJSON{
+		UUID: n.ID, Hostname: n.Hostname, Status: n.Status, AcceptNewTasks: n.AcceptNewTasks,
+		SlotsExecutionTypes: slots, RunnerProvider: n.RunnerProvider,
+	}
 }
 
 // listNodes handles GET /nodes.
@@ -80,8 +82,10 @@ func (g *Gateway) createNode(c echo.Context) error {
 		return err
 	}
 	id := uuid.NewString()
-	p := &events.NodeRegistered{NodeID: id, Hostname: req.Hostname, Slots: req.Slots, RunnerProvider: "docker",
-		RegisteredAt: events.Time(g.cfg.Now())}
+	p := &events.NodeRegistered{
+		NodeID: id, Hostname: req.Hostname, Slots: req.Slots, RunnerProvider: "docker",
+		RegisteredAt: events.Time(g.cfg.Now()),
+	}
 	env, err := events.New("node:"+id+":registered", p, events.Meta{CorrelationID: requestID(c), Actor: g.cfg.Actor})
 	if err != nil {
 		return err

@@ -33,13 +33,17 @@ func TestParseTaskRequest(t *testing.T) {
 		},
 		"TagValuesBecomeStrings": {
 			body: `{"name":"n","image":"i","cmd":"c","execution_type":"io","tags":{"api_id":12345,"ok":true,"s":"x","none":null}}`,
-			want: taskRequest{Name: "n", Image: "i", Cmd: "c", ExecutionType: "io",
-				Tags: map[string]string{"api_id": "12345", "ok": "true", "s": "x", "none": ""}},
+			want: taskRequest{
+				Name: "n", Image: "i", Cmd: "c", ExecutionType: "io",
+				Tags: map[string]string{"api_id": "12345", "ok": "true", "s": "x", "none": ""},
+			},
 		},
 		"ConfiguredMounts": {
 			body: `{"name":"n","image":"registry.local:5000/team/app:1.2","cmd":"c","execution_type":"io","storage_mounts":{"shared":"/data"}}`,
-			want: taskRequest{Name: "n", Image: "registry.local:5000/team/app:1.2", Cmd: "c", ExecutionType: "io",
-				StorageMounts: map[string]string{"shared": "/data"}},
+			want: taskRequest{
+				Name: "n", Image: "registry.local:5000/team/app:1.2", Cmd: "c", ExecutionType: "io",
+				StorageMounts: map[string]string{"shared": "/data"},
+			},
 		},
 		"UnknownFieldsAreIgnored": {
 			body: `{"name":"n","image":"i","cmd":"c","execution_type":"io","storage_mount":"/legacy","priority":3}`,
@@ -124,14 +128,18 @@ func TestParseNodeRequest(t *testing.T) {
 		"Blank":     {`{}`, validationError{"hostname": {msgBlank}, "slots_execution_types": {msgBlank}}},
 		"EmptyHash": {`{"hostname":"tcp://h:1","slots_execution_types":{}}`, validationError{"slots_execution_types": {msgBlank}}},
 		"BadHost":   {`{"hostname":"bad","slots_execution_types":{"cpu":1}}`, validationError{"hostname": {"is invalid: want tcp://host:port"}}},
-		"BadTypes": {`{"hostname":"tcp://h:1","slots_execution_types":{"CPU":1,"io_x":2}}`,
-			validationError{"slots_execution_types": {msgExecutionType}}},
-		"BadCounts": {`{"hostname":"tcp://h:1","slots_execution_types":{"cpu":-1,"io":1.5,"net":"x"}}`,
+		"BadTypes": {
+			`{"hostname":"tcp://h:1","slots_execution_types":{"CPU":1,"io_x":2}}`,
+			validationError{"slots_execution_types": {msgExecutionType}},
+		},
+		"BadCounts": {
+			`{"hostname":"tcp://h:1","slots_execution_types":{"cpu":-1,"io":1.5,"net":"x"}}`,
 			validationError{"slots_execution_types": {
 				`slot count of "cpu" must be a whole number from 0 to 10000`,
 				`slot count of "io" must be a whole number from 0 to 10000`,
 				`slot count of "net" must be a whole number from 0 to 10000`,
-			}}},
+			}},
+		},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

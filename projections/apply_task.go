@@ -1,9 +1,8 @@
 package projections
 
 import (
-	"time"
-
 	"slices"
+	"time"
 
 	"github.com/cbroker/broker/events"
 )

@@ -80,7 +80,7 @@ func (p *Projector) Run(ctx context.Context) error {
 		head, err := p.project(ctx, last)
 		switch {
 		case err != nil && ctx.Err() != nil:
-			return nil
+			return nil //nolint:nilerr // stopping: the error is the cancellation
 		case err != nil:
 			p.log.WarnContext(ctx, "writing views", slog.Any("error", err))
 			select {
@@ -110,7 +110,7 @@ func (p *Projector) checkpoint(ctx context.Context) (uint64, error) {
 	seq, err := strconv.ParseUint(string(e.Value()), 10, 64)
 	if err != nil {
 		p.log.WarnContext(ctx, "ignoring malformed projector checkpoint", slog.String("value", string(e.Value())))
-		return 0, nil
+		return 0, nil //nolint:nilerr // a bad checkpoint means: rewrite every view
 	}
 	return seq, nil
 }

@@ -82,7 +82,7 @@ func NewReplica(cfg ReplicaConfig) (*Replica, error) {
 func (r *Replica) Run(ctx context.Context) error {
 	err := r.run(ctx)
 	if err != nil && ctx.Err() != nil {
-		return nil // stopped while starting
+		return nil //nolint:nilerr // stopped while starting
 	}
 	return err
 }

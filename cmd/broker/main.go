@@ -51,11 +51,11 @@ func (s *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	log.Info("broker serving", slog.String("http", "http://"+a.Addr()), slog.String("broker_id", a.BrokerID))
+	log.InfoContext(ctx, "broker serving", slog.String("http", "http://"+a.Addr()), slog.String("broker_id", a.BrokerID))
 	if err := a.Run(ctx); err != nil {
 		return err
 	}
-	log.Info("broker stopped")
+	log.InfoContext(ctx, "broker stopped")
 	return nil
 }
 

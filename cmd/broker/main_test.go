@@ -38,7 +38,7 @@ type process struct {
 
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := (&net.ListenConfig{}).Listen(t.Context(), "tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	addr := ln.Addr().String()
 	require.NoError(t, ln.Close())
@@ -50,7 +50,7 @@ func freePort(t *testing.T) string {
 func serve(t *testing.T, env []string, args ...string) *process {
 	t.Helper()
 	listen := freePort(t)
-	cmd := exec.Command(os.Args[0], append([]string{"serve"}, args...)...)
+	cmd := exec.CommandContext(context.WithoutCancel(t.Context()), os.Args[0], append([]string{"serve"}, args...)...)
 	cmd.Env = append(os.Environ(), append(env, "BROKER_TEST_MAIN=1", "BROKER_LISTEN="+listen)...)
 	out, err := os.CreateTemp(t.TempDir(), "broker-*.log")
 	require.NoError(t, err)
@@ -154,7 +154,7 @@ func TestServeWithoutAnEngine(t *testing.T) {
 	require.Empty(t, nodes, "auto registers nothing when no engine answers")
 	p.stop(t)
 
-	cmd := exec.Command(os.Args[0], "serve", "--data-dir", t.TempDir(), "--nats-listen", "none", "--local-node", "true", "--listen", freePort(t))
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "serve", "--data-dir", t.TempDir(), "--nats-listen", "none", "--local-node", "true", "--listen", freePort(t))
 	cmd.Env = append(os.Environ(), "BROKER_TEST_MAIN=1", "DOCKER_HOST=tcp://127.0.0.1:1")
 	out, err := cmd.CombinedOutput()
 	require.Error(t, err, "--local-node true fails without an engine")

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
 
 	"github.com/cbroker/broker/events"
 )
@@ -65,4 +66,17 @@ func Run(t testing.TB, dir string) *Server {
 		t.Fatalf("creating streams: %v", err)
 	}
 	return &Server{Server: srv, Conn: nc, JS: js, StoreDir: dir}
+}
+
+// IgnoreObjectStoreRace is a goleak option for an upstream race in nats.go
+// v1.55.0: every object store Put makes a fresh JetStream context whose
+// async publisher starts resetPendingAcksOnReconnect in a goroutine that
+// reads its status channel under the publisher lock, while Put's deferred
+// cleanupReplySub sets that channel to nil. When the cleanup wins, the
+// goroutine waits on a nil channel for ever. Measured here: about 3 leaked
+// goroutines per 1,000 small Puts (a few KiB each). The runner archives
+// every attempt's logs with Put, so packages whose tests run it use this
+// option. See docs/architecture.md, "Known upstream defects".
+func IgnoreObjectStoreRace() goleak.Option {
+	return goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect")
 }

@@ -61,8 +61,10 @@ func TestMonitorTransitions(t *testing.T) {
 	dockerRT := docker.New(docker.Config{})
 	t.Cleanup(func() { _ = dockerRT.Close() })
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
-	m, err := health.New(health.Config{Replica: replica, Writer: writer, Runtimes: runtime.Set{rt, dockerRT},
-		Grace: 5 * time.Second, Timeout: 2 * time.Second, Now: func() time.Time { return now }})
+	m, err := health.New(health.Config{
+		Replica: replica, Writer: writer, Runtimes: runtime.Set{rt, dockerRT},
+		Grace: 5 * time.Second, Timeout: 2 * time.Second, Now: func() time.Time { return now },
+	})
 	require.NoError(t, err)
 	<-replica.Ready()
 

@@ -88,7 +88,7 @@ type job struct {
 func New(cfg Config) (*Runner, error) {
 	var problems []error
 	if cfg.Replica == nil || cfg.Writer == nil || cfg.JetStream == nil {
-		problems = append(problems, errors.New("Replica, Writer and JetStream are required"))
+		problems = append(problems, errors.New("replica, writer and JetStream are required"))
 	}
 	if len(cfg.Runtimes) == 0 {
 		problems = append(problems, errors.New("at least one runtime is required"))
@@ -272,8 +272,10 @@ func (r *Runner) start(ctx context.Context, rt runtime.Runtime, j job, log *slog
 		return nil, r.propose(ctx, j, &events.StartFailed{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID, Error: err.Error(), NodeFault: nodeFault})
 	}
 	log.DebugContext(ctx, "container started", slog.String("container", j.spec.Name))
-	err = r.propose(ctx, j, &events.ContainerStarted{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID,
-		ContainerID: c.ID(), ContainerName: j.spec.Name, StartedAt: events.Time(c.StartedAt())})
+	err = r.propose(ctx, j, &events.ContainerStarted{
+		TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID,
+		ContainerID: c.ID(), ContainerName: j.spec.Name, StartedAt: events.Time(c.StartedAt()),
+	})
 	return c, err
 }
 
@@ -344,14 +346,18 @@ func (r *Runner) finish(ctx context.Context, rt runtime.Runtime, j job, exit run
 		name := events.LogObjectName(j.key.task, j.key.attempt)
 		if _, err := r.obs.PutBytes(ctx, name, logs); err != nil {
 			log.ErrorContext(ctx, "archiving container logs", slog.Any("error", err))
-		} else if err := r.propose(ctx, j, &events.LogsArchived{TaskID: j.key.task, Attempt: j.key.attempt,
-			Object: name, Bytes: int64(len(logs)), Truncated: truncated}); err != nil {
+		} else if err := r.propose(ctx, j, &events.LogsArchived{
+			TaskID: j.key.task, Attempt: j.key.attempt,
+			Object: name, Bytes: int64(len(logs)), Truncated: truncated,
+		}); err != nil {
 			return
 		}
 	}
-	if err := r.propose(ctx, j, &events.ContainerExited{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID,
+	if err := r.propose(ctx, j, &events.ContainerExited{
+		TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID,
 		ExitCode: exit.Code, OOMKilled: exit.OOMKilled, Error: exit.Error,
-		StartedAt: events.Time(exit.StartedAt), FinishedAt: events.Time(exit.FinishedAt)}); err != nil {
+		StartedAt: events.Time(exit.StartedAt), FinishedAt: events.Time(exit.FinishedAt),
+	}); err != nil {
 		return
 	}
 	log.DebugContext(ctx, "container exited", slog.String("container", j.spec.Name), slog.Int("exit_code", exit.Code))

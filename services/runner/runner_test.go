@@ -80,8 +80,10 @@ func (b *bundle) reserve(t *testing.T, cmd string) (string, string) {
 
 func (b *bundle) startRunner(t *testing.T) context.CancelFunc {
 	t.Helper()
-	r, err := runner.New(runner.Config{Replica: b.replica, Writer: b.writer, JetStream: b.srv.JS,
-		Runtimes: runtime.Set{b.rt}, BrokerID: b.broker, RetryDelay: 100 * time.Millisecond})
+	r, err := runner.New(runner.Config{
+		Replica: b.replica, Writer: b.writer, JetStream: b.srv.JS,
+		Runtimes: runtime.Set{b.rt}, BrokerID: b.broker, RetryDelay: 100 * time.Millisecond,
+	})
 	require.NoError(t, err)
 	return run(t, r.Run)
 }
@@ -129,8 +131,10 @@ func TestRunner(t *testing.T) {
 		task := b.waitTask(t, id, ended)
 		require.Equal(t, new(4), task.ExitCode)
 		require.False(t, task.StartedAt.IsZero())
-		require.Equal(t, []events.Type{events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskContainerStarted,
-			events.TypeTaskLogsArchived, events.TypeTaskContainerExited}, b.history(t, id))
+		require.Equal(t, []events.Type{
+			events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskContainerStarted,
+			events.TypeTaskLogsArchived, events.TypeTaskContainerExited,
+		}, b.history(t, id))
 
 		logs, err := (&runner.LogReader{Replica: b.replica, JS: b.srv.JS, Runtimes: runtime.Set{b.rt}}).TaskLogs(t.Context(), id)
 		require.NoError(t, err)
@@ -170,8 +174,10 @@ func TestRunner(t *testing.T) {
 		b.startRunner(t)
 		task := b.waitTask(t, id, ended)
 		require.Equal(t, new(0), task.ExitCode)
-		require.Equal(t, []events.Type{events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskContainerStarted,
-			events.TypeTaskLogsArchived, events.TypeTaskContainerExited}, b.history(t, id))
+		require.Equal(t, []events.Type{
+			events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskContainerStarted,
+			events.TypeTaskLogsArchived, events.TypeTaskContainerExited,
+		}, b.history(t, id))
 	})
 
 	t.Run("AdoptsARunningContainerAfterARestart", func(t *testing.T) {
@@ -209,8 +215,10 @@ func TestRunner(t *testing.T) {
 		b := setup(t)
 		b.startRunner(t)
 		id := uuid.NewString()
-		b.propose(t, &events.TaskSubmitted{TaskID: id, Name: "m", Image: dockertest.Image, Cmd: "true", ExecutionType: "cpu",
-			StorageMounts: map[string]string{"nfs": "/data"}})
+		b.propose(t, &events.TaskSubmitted{
+			TaskID: id, Name: "m", Image: dockertest.Image, Cmd: "true", ExecutionType: "cpu",
+			StorageMounts: map[string]string{"nfs": "/data"},
+		})
 		b.propose(t, &events.SlotReserved{TaskID: id, Attempt: 1, NodeID: b.nodeID, SlotID: "cpu-1", ContainerName: projections.ContainerName("m", id, 1)})
 		task := b.waitTask(t, id, ended)
 		require.True(t, task.StartFailed)

@@ -57,8 +57,10 @@ func decideOutcomes(s *projections.State, now time.Time, policy Policy) []actor.
 					notBefore = events.Time(now.Add(d))
 				}
 			}
-			p.Payload = &events.TaskRetrying{TaskID: t.ID, Attempt: t.Attempt, NextAttempt: t.Attempt + 1,
-				NotBefore: notBefore, Cause: cause, Error: msg, ExitCode: code}
+			p.Payload = &events.TaskRetrying{
+				TaskID: t.ID, Attempt: t.Attempt, NextAttempt: t.Attempt + 1,
+				NotBefore: notBefore, Cause: cause, Error: msg, ExitCode: code,
+			}
 		default:
 			p.Payload = &events.TaskFailed{TaskID: t.ID, Attempt: t.Attempt, Cause: cause, Error: msg, ExitCode: code}
 		}
@@ -109,10 +111,14 @@ func decideReservations(s *projections.State, now time.Time) ([]actor.Proposal, 
 			c.free = c.free[1:]
 			c.busy++
 			attempt := t.Attempt + 1
-			payload := &events.SlotReserved{TaskID: t.ID, Attempt: attempt, NodeID: c.node.ID, SlotID: slot.ID,
-				ContainerName: projections.ContainerName(t.Name, t.ID, attempt)}
-			ps = append(ps, actor.Proposal{Key: actor.TaskKey(t.ID, attempt, payload.EventType()),
-				Payload: payload, CorrelationID: t.CorrelationID, CausationID: t.LastEventID})
+			payload := &events.SlotReserved{
+				TaskID: t.ID, Attempt: attempt, NodeID: c.node.ID, SlotID: slot.ID,
+				ContainerName: projections.ContainerName(t.Name, t.ID, attempt),
+			}
+			ps = append(ps, actor.Proposal{
+				Key:     actor.TaskKey(t.ID, attempt, payload.EventType()),
+				Payload: payload, CorrelationID: t.CorrelationID, CausationID: t.LastEventID,
+			})
 		}
 	}
 	return ps, wake

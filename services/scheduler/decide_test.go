@@ -81,39 +81,49 @@ func TestDecideReservations(t *testing.T) {
 			// n1 is busy with io work, but its cpu share is 0 like n2's: the
 			// tie goes to the first name.
 			events: concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1, "io": 1}), nodeUp("n2", "tcp://b:1", map[string]int{"cpu": 1}),
-				[]events.Payload{submit("t0", "io"),
+				[]events.Payload{
+					submit("t0", "io"),
 					&events.SlotReserved{TaskID: "t0", Attempt: 1, NodeID: "n1", SlotID: "io-1", ContainerName: "c"},
-					submit("t1", "cpu")}),
+					submit("t1", "cpu"),
+				}),
 			want: []string{"t1@n1/cpu-1#1"},
 		},
 		"ShareNotCount": {
 			// n1 has 1 of 4 busy (25%), n2 0 of 1 (0%): n2 wins.
 			events: concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 4}), nodeUp("n2", "tcp://b:1", map[string]int{"cpu": 1}),
-				[]events.Payload{submit("t0", "cpu"),
+				[]events.Payload{
+					submit("t0", "cpu"),
 					&events.SlotReserved{TaskID: "t0", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
-					submit("t1", "cpu"), submit("t2", "cpu")}),
+					submit("t1", "cpu"), submit("t2", "cpu"),
+				}),
 			want: []string{"t1@n2/cpu-1#1", "t2@n1/cpu-2#1"},
 		},
 		"SkipsUnavailableAndUnknownTypes": {
 			events: concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}),
-				[]events.Payload{&events.NodeUnstable{NodeID: "n1"}, &events.NodeRegistered{NodeID: "n2", Hostname: "tcp://b:1", Slots: map[string]int{"cpu": 1}},
-					submit("t1", "cpu"), submit("t2", "gpu")}),
+				[]events.Payload{
+					&events.NodeUnstable{NodeID: "n1"}, &events.NodeRegistered{NodeID: "n2", Hostname: "tcp://b:1", Slots: map[string]int{"cpu": 1}},
+					submit("t1", "cpu"), submit("t2", "gpu"),
+				}),
 			want: nil,
 		},
 		"RetryIsTheNextAttempt": {
 			events: concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}),
-				[]events.Payload{submit("t1", "cpu"),
+				[]events.Payload{
+					submit("t1", "cpu"),
 					&events.SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
 					&events.StartFailed{TaskID: "t1", Attempt: 1, NodeID: "n1", Error: "x"},
-					&events.TaskRetrying{TaskID: "t1", Attempt: 1, NextAttempt: 2}}),
+					&events.TaskRetrying{TaskID: "t1", Attempt: 1, NextAttempt: 2},
+				}),
 			want: []string{"t1@n1/cpu-1#2"},
 		},
 		"RetryWaitsForItsTimeWithoutBlockingOthers": {
 			events: concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}),
-				[]events.Payload{submit("t1", "cpu"), submit("t2", "cpu"),
+				[]events.Payload{
+					submit("t1", "cpu"), submit("t2", "cpu"),
 					&events.SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
 					&events.StartFailed{TaskID: "t1", Attempt: 1, NodeID: "n1", Error: "x"},
-					&events.TaskRetrying{TaskID: "t1", Attempt: 1, NextAttempt: 2, NotBefore: now.Add(time.Minute)}}),
+					&events.TaskRetrying{TaskID: "t1", Attempt: 1, NextAttempt: 2, NotBefore: now.Add(time.Minute)},
+				}),
 			want: []string{"t2@n1/cpu-1#1"},
 		},
 	}
@@ -133,10 +143,12 @@ func TestDecideReservations(t *testing.T) {
 func TestDecideReportsWhenARetryIsDue(t *testing.T) {
 	t.Parallel()
 	s := fold(t, concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}),
-		[]events.Payload{submit("t1", "cpu"),
+		[]events.Payload{
+			submit("t1", "cpu"),
 			&events.SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
 			&events.StartFailed{TaskID: "t1", Attempt: 1, NodeID: "n1", Error: "x"},
-			&events.TaskRetrying{TaskID: "t1", Attempt: 1, NextAttempt: 2, NotBefore: now.Add(time.Minute)}})...)
+			&events.TaskRetrying{TaskID: "t1", Attempt: 1, NextAttempt: 2, NotBefore: now.Add(time.Minute)},
+		})...)
 	ps, wake := Decide(s, now, Policy{})
 	require.Empty(t, ps)
 	require.Equal(t, now.Add(time.Minute), wake)
@@ -172,17 +184,21 @@ func TestDecideOutcomes(t *testing.T) {
 		"RetryDelayIsResolvedIntoTheEvent": {
 			events: attempt(3, 1),
 			policy: Policy{RetryDelay: func(string, int) time.Duration { return 2 * time.Second }},
-			want: &events.TaskRetrying{TaskID: "t1", Attempt: 2, NextAttempt: 3, NotBefore: now.Add(2 * time.Second),
-				Cause: events.CauseExitCode, Error: "container exited with code 3", ExitCode: new(3)},
+			want: &events.TaskRetrying{
+				TaskID: "t1", Attempt: 2, NextAttempt: 3, NotBefore: now.Add(2 * time.Second),
+				Cause: events.CauseExitCode, Error: "container exited with code 3", ExitCode: new(3),
+			},
 		},
 		"RetriesExhaustedFails": {
 			events: attempt(3, 3),
 			want:   &events.TaskFailed{TaskID: "t1", Attempt: 4, Cause: events.CauseExitCode, Error: "container exited with code 3", ExitCode: new(3)},
 		},
 		"StartErrorRetries": {
-			events: concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}), []events.Payload{submit("t1", "cpu"),
+			events: concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}), []events.Payload{
+				submit("t1", "cpu"),
 				&events.SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
-				&events.StartFailed{TaskID: "t1", Attempt: 1, NodeID: "n1", Error: "image x is missing"}}),
+				&events.StartFailed{TaskID: "t1", Attempt: 1, NodeID: "n1", Error: "image x is missing"},
+			}),
 			want: &events.TaskRetrying{TaskID: "t1", Attempt: 1, NextAttempt: 2, Cause: events.CauseStartError, Error: "image x is missing"},
 		},
 	}

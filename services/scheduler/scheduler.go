@@ -64,12 +64,16 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		now := s.cfg.Now()
 		s.cfg.Replica.Read(func(st *projections.State) { proposals, wake = Decide(st, now, s.cfg.Policy) })
 		if len(proposals) > 0 {
+			// Propose and WaitSeq fail only when ctx is done.
 			acks, err := s.cfg.Writer.Propose(ctx, proposals...)
-			if err != nil {
-				return nil // ctx is done
+			if err == nil {
+				_, err = s.cfg.Replica.WaitSeq(ctx, actor.MaxSeq(acks))
 			}
-			if _, err := s.cfg.Replica.WaitSeq(ctx, actor.MaxSeq(acks)); err != nil && ctx.Err() != nil {
-				return nil
+			if ctx.Err() != nil {
+				return nil //nolint:nilerr // stopping: the error is the cancellation
+			}
+			if err != nil {
+				s.log.WarnContext(ctx, "waiting for the fold", slog.Any("error", err))
 			}
 			s.log.DebugContext(ctx, "scheduling round", slog.Int("proposals", len(proposals)))
 			continue

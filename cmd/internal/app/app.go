@@ -178,7 +178,7 @@ func (a *App) open(ctx context.Context) error {
 	if a.Replica, err = projections.NewReplica(projections.ReplicaConfig{JetStream: a.js, Logger: a.log}); err != nil {
 		return err
 	}
-	if a.ln, err = net.Listen("tcp", a.cfg.Listen); err != nil {
+	if a.ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", a.cfg.Listen); err != nil {
 		return fmt.Errorf("http api: %w", err)
 	}
 	return nil
@@ -300,7 +300,7 @@ func (a *App) Run(ctx context.Context) error {
 	for name, run := range components {
 		wg.Go(func() {
 			if err := run(ctx); err != nil {
-				a.log.Error("component failed", slog.String("component", name), slog.Any("error", err))
+				a.log.ErrorContext(ctx, "component failed", slog.String("component", name), slog.Any("error", err))
 				cancel(fmt.Errorf("%s: %w", name, err))
 			}
 		})
@@ -321,13 +321,17 @@ func (a *App) components(ctx context.Context) (map[string]func(context.Context) 
 	if err != nil {
 		return nil, err
 	}
-	run, err := runner.New(runner.Config{Replica: a.Replica, Writer: a.writer("runner"), JetStream: a.js,
-		Runtimes: a.cfg.Runtimes, BrokerID: a.BrokerID, Mounts: a.cfg.Mounts, Logger: a.log})
+	run, err := runner.New(runner.Config{
+		Replica: a.Replica, Writer: a.writer("runner"), JetStream: a.js,
+		Runtimes: a.cfg.Runtimes, BrokerID: a.BrokerID, Mounts: a.cfg.Mounts, Logger: a.log,
+	})
 	if err != nil {
 		return nil, err
 	}
-	monitor, err := health.New(health.Config{Replica: a.Replica, Writer: a.writer("health"), Runtimes: a.cfg.Runtimes,
-		Interval: a.cfg.HealthInterval, Grace: a.cfg.HealthGrace, Logger: a.log})
+	monitor, err := health.New(health.Config{
+		Replica: a.Replica, Writer: a.writer("health"), Runtimes: a.cfg.Runtimes,
+		Interval: a.cfg.HealthInterval, Grace: a.cfg.HealthGrace, Logger: a.log,
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -402,8 +406,10 @@ func (a *App) RegisterNode(ctx context.Context, hostname string, slots map[strin
 		return existing.ID, nil
 	}
 	id := uuid.NewSHA1(uuid.NameSpaceURL, []byte("cbroker-node:"+hostname)).String()
-	acks, err := a.writer("local-node").Propose(ctx, actor.Proposal{Key: "node:" + id + ":registered",
-		Payload: &events.NodeRegistered{NodeID: id, Hostname: hostname, Slots: slots, RunnerProvider: "docker", RegisteredAt: events.Time(time.Now())}})
+	acks, err := a.writer("local-node").Propose(ctx, actor.Proposal{
+		Key:     "node:" + id + ":registered",
+		Payload: &events.NodeRegistered{NodeID: id, Hostname: hostname, Slots: slots, RunnerProvider: "docker", RegisteredAt: events.Time(time.Now())},
+	})
 	if err != nil {
 		return "", err
 	}

@@ -18,11 +18,12 @@ import (
 	"github.com/cbroker/broker/cmd/internal/app"
 	"github.com/cbroker/broker/events"
 	"github.com/cbroker/broker/internal/dockertest"
+	"github.com/cbroker/broker/internal/natstest"
 	"github.com/cbroker/broker/projections"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, natstest.IgnoreObjectStoreRace())
 }
 
 // broker is one in-process broker under test.

@@ -103,7 +103,12 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- a.Run(runCtx) }()
-	defer func() { cancel(); <-done }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			cfg.Logger.ErrorContext(ctx, "benchmark broker stopped with an error", slog.Any("error", err))
+		}
+	}()
 
 	if err := prepare(ctx, a, cfg.Slots); err != nil {
 		return Result{}, err

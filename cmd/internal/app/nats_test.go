@@ -1,0 +1,114 @@
+package app_test
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cbroker/broker/cmd/internal/app"
+	"github.com/cbroker/broker/events"
+	"github.com/cbroker/broker/internal/natstest"
+	"github.com/cbroker/broker/projections"
+	"github.com/cbroker/broker/services/benchnoop"
+	"github.com/cbroker/broker/services/runtime"
+)
+
+// runApp runs an app until the test ends.
+func runApp(t *testing.T, cfg app.Config) *broker {
+	t.Helper()
+	a, err := app.New(t.Context(), cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	return &broker{app: a, base: "http://" + a.Addr()}
+}
+
+// runNoopTask registers a no-op node, submits a task over REST and waits
+// for its completion: the whole pipeline without Docker.
+func runNoopTask(t *testing.T, b *broker) string {
+	t.Helper()
+	id, err := b.app.RegisterNode(t.Context(), benchnoop.Scheme+"://n1", map[string]int{"cpu": 1})
+	require.NoError(t, err)
+	again, err := b.app.RegisterNode(t.Context(), benchnoop.Scheme+"://n1", map[string]int{"cpu": 1})
+	require.NoError(t, err)
+	require.Equal(t, id, again, "registering a hostname twice gives the same node")
+	tk := b.submit(t, "noop", "none", "true", "cpu")
+	require.Equal(t, "completed", b.waitStatus(t, tk.UUID, "completed", "failed").Status)
+	return tk.UUID
+}
+
+func TestExternalNATS(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Run(t, "")
+	b := runApp(t, app.Config{
+		Listen: "127.0.0.1:0", NATSURL: srv.Server.ClientURL(), LocalNode: app.LocalNodeFalse,
+		Runtimes: runtime.Set{benchnoop.Runtime{}}, HealthInterval: 50 * time.Millisecond, Instance: "ext",
+	})
+	id := runNoopTask(t, b)
+	// The events are in the external server's stream.
+	s, err := srv.JS.Stream(t.Context(), events.StreamName)
+	require.NoError(t, err)
+	info, err := s.Info(t.Context())
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, info.State.Msgs, uint64(5))
+	e, err := srv.JS.KeyValue(t.Context(), events.BucketTasks)
+	require.NoError(t, err)
+	require.EventuallyWithT(t, func(c *assertT) {
+		v, err := e.Get(t.Context(), id)
+		require.NoError(c, err)
+		var view projections.TaskView
+		require.NoError(c, json.Unmarshal(v.Value(), &view))
+		require.Equal(c, projections.TaskCompleted, view.Status)
+	}, 10*time.Second, 20*time.Millisecond)
+}
+
+func TestEmbeddedServerFromAConfigFile(t *testing.T) {
+	t.Parallel()
+	b := runApp(t, app.Config{
+		Listen: "127.0.0.1:0", DataDir: t.TempDir(), LocalNode: app.LocalNodeFalse,
+		NATSConfig: filepath.Join("..", "..", "..", "nats.conf"), NATSListen: "127.0.0.1:-1",
+		Runtimes: runtime.Set{benchnoop.Runtime{}}, HealthInterval: 50 * time.Millisecond, Instance: "conf",
+	})
+	url := b.app.NATSURL()
+	require.NotEmpty(t, url, "the embedded server listens for NATS clients")
+
+	// A NATS client of another program sees the outcome events.
+	nc, err := nats.Connect(url)
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	completed := make(chan events.Envelope, 1)
+	cons, err := js.OrderedConsumer(t.Context(), events.StreamName, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{"cb.ev.task.*.completed"},
+	})
+	require.NoError(t, err)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		env, err := events.Decode(m.Data())
+		if err == nil {
+			select {
+			case completed <- env:
+			default:
+			}
+		}
+	})
+	require.NoError(t, err)
+	t.Cleanup(cc.Stop)
+
+	id := runNoopTask(t, b)
+	select {
+	case env := <-completed:
+		require.Equal(t, id, env.AggregateID)
+		require.Equal(t, events.TypeTaskCompleted, env.Type)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no completed event reached the subscriber")
+	}
+}
