@@ -43,7 +43,8 @@ type Config struct {
 	// ApplyTimeout bounds the wait for the fold to apply a write. Defaults
 	// to 10s.
 	ApplyTimeout time.Duration
-	// BodyLimit caps request bodies. Defaults to "1M".
+	// BodyLimit caps request bodies. Defaults to "512K", so that the event a
+	// body becomes always fits in a NATS message (1 MiB by default).
 	BodyLimit string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -73,7 +74,7 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.ApplyTimeout = 10 * time.Second
 	}
 	if cfg.BodyLimit == "" {
-		cfg.BodyLimit = "1M"
+		cfg.BodyLimit = "512K"
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
