@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -198,18 +199,37 @@ func (g *Gateway) handleError(err error, c echo.Context) {
 	}
 }
 
-// apply appends one event and waits until the fold has applied it,
-// returning the fold's outcome.
-func (g *Gateway) apply(ctx context.Context, env events.Envelope) (projections.Outcome, error) {
+// readBody reads a request body; a body over the limit was refused by the
+// middleware already.
+func readBody(c echo.Context) ([]byte, error) {
+	body, err := io.ReadAll(c.Request().Body)
+	if err != nil {
+		return nil, errorf(http.StatusBadRequest, "reading the request body: %v", err)
+	}
+	return body, nil
+}
+
+// propose appends one event for a request, waits until the fold has applied
+// it and returns the fold's outcome together with a state holding only that
+// event: the entity as the request left it, which is what a create answers
+// with (later events may already have moved it on).
+func (g *Gateway) propose(c echo.Context, key string, p events.Payload) (projections.Outcome, *projections.State, error) {
+	env, err := events.New(key, p, events.Meta{CorrelationID: requestID(c), Actor: g.cfg.Actor})
+	if err != nil {
+		return projections.Outcome{}, nil, err
+	}
+	ctx := c.Request().Context()
 	ack, err := events.Append(ctx, g.cfg.JetStream, env)
 	if err != nil {
-		return projections.Outcome{}, errorf(http.StatusServiceUnavailable, "the event log is not available: %v", err)
+		return projections.Outcome{}, nil, errorf(http.StatusServiceUnavailable, "the event log is not available: %v", err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, g.cfg.ApplyTimeout)
 	defer cancel()
 	out, err := g.cfg.Replica.WaitSeq(wctx, ack.Seq)
 	if err != nil {
-		return projections.Outcome{}, errorf(http.StatusServiceUnavailable, "%s for %s was stored but not applied in time: %v", env.Type, env.AggregateID, err)
+		return projections.Outcome{}, nil, errorf(http.StatusServiceUnavailable, "%s for %s was stored but not applied in time: %v", env.Type, env.AggregateID, err)
 	}
-	return out, nil
+	own := projections.NewState()
+	own.Apply(env)
+	return out, own, nil
 }

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"io"
 	"maps"
 	"net/http"
 
@@ -73,9 +72,9 @@ func (g *Gateway) showNode(c echo.Context) error {
 // createNode handles POST /nodes: 201 and the node, which stays unavailable
 // until its first successful probe.
 func (g *Gateway) createNode(c echo.Context) error {
-	body, err := io.ReadAll(c.Request().Body)
+	body, err := readBody(c)
 	if err != nil {
-		return errorf(http.StatusBadRequest, "reading the request body: %v", err)
+		return err
 	}
 	req, err := parseNodeRequest(body, g.cfg.CheckHostname)
 	if err != nil {
@@ -86,11 +85,7 @@ func (g *Gateway) createNode(c echo.Context) error {
 		NodeID: id, Hostname: req.Hostname, Slots: req.Slots, RunnerProvider: "docker",
 		RegisteredAt: events.Time(g.cfg.Now()),
 	}
-	env, err := events.New("node:"+id+":registered", p, events.Meta{CorrelationID: requestID(c), Actor: g.cfg.Actor})
-	if err != nil {
-		return err
-	}
-	out, err := g.apply(c.Request().Context(), env)
+	out, own, err := g.propose(c, "node:"+id+":registered", p)
 	if err != nil {
 		return err
 	}
@@ -102,7 +97,5 @@ func (g *Gateway) createNode(c echo.Context) error {
 	}
 	// Answer with the node as the registration left it (unavailable until
 	// its first probe), even if a probe has already answered.
-	s := projections.NewState()
-	s.Apply(env)
-	return c.JSON(http.StatusCreated, newNodeJSON(s.Nodes[id]))
+	return c.JSON(http.StatusCreated, newNodeJSON(own.Nodes[id]))
 }

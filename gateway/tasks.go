@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"io"
 	"net/http"
 	"strings"
 	"unicode/utf8"
@@ -63,31 +62,26 @@ func requestID(c echo.Context) string {
 
 // createTask handles POST /tasks: 200 and the task, as the seed.
 func (g *Gateway) createTask(c echo.Context) error {
-	body, err := io.ReadAll(c.Request().Body)
+	body, err := readBody(c)
 	if err != nil {
-		return errorf(http.StatusBadRequest, "reading the request body: %v", err)
+		return err
 	}
 	req, err := parseTaskRequest(body, g.cfg.Mounts)
 	if err != nil {
 		return err
 	}
-	rid := requestID(c)
 	tags := map[string]string{}
 	for k, v := range req.Tags {
 		tags[k] = v
 	}
-	tags["request_id"] = rid
+	tags["request_id"] = requestID(c)
 	id := uuid.NewString()
 	p := &events.TaskSubmitted{
 		TaskID: id, Name: req.Name, Image: req.Image, Cmd: req.Cmd, ExecutionType: req.ExecutionType,
 		StorageMounts: req.StorageMounts, Tags: tags, PersistLogs: req.PersistLogs,
 		MaxRetries: g.cfg.MaxRetries, CreatedAt: events.Time(g.cfg.Now()),
 	}
-	env, err := events.New("task:"+id+":submitted", p, events.Meta{CorrelationID: rid, Actor: g.cfg.Actor})
-	if err != nil {
-		return err
-	}
-	out, err := g.apply(c.Request().Context(), env)
+	out, own, err := g.propose(c, "task:"+id+":submitted", p)
 	if err != nil {
 		return err
 	}
@@ -96,9 +90,7 @@ func (g *Gateway) createTask(c echo.Context) error {
 	}
 	// Answer with the task as the submission left it (waiting), as the seed
 	// does, even if the scheduler has already moved it on.
-	s := projections.NewState()
-	s.Apply(env)
-	return c.JSON(http.StatusOK, newTaskJSON(s.NewTaskView(s.Tasks[id], g.cfg.Now())))
+	return c.JSON(http.StatusOK, newTaskJSON(own.NewTaskView(own.Tasks[id], g.cfg.Now())))
 }
 
 // showTask handles GET /tasks/:uuid.
