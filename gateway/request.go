@@ -3,9 +3,10 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -122,12 +123,7 @@ func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "
 
 // sortedKeys returns an object's keys in order, for stable messages.
 func (f fields) sortedKeys() []string {
-	keys := make([]string, 0, len(f))
-	for k := range f {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
+	return slices.Sorted(maps.Keys(f))
 }
 
 // checkExecutionType adds the seed's messages for a bad execution type.
@@ -211,11 +207,10 @@ func knownMounts(allowed map[string]string) string {
 	if len(allowed) == 0 {
 		return " (no storage mounts are configured)"
 	}
-	names := make([]string, 0, len(allowed))
-	for n := range allowed {
-		names = append(names, strconv.Quote(n))
+	names := slices.Sorted(maps.Keys(allowed))
+	for i, n := range names {
+		names[i] = strconv.Quote(n)
 	}
-	sort.Strings(names)
 	return " (configured: " + strings.Join(names, ", ") + ")"
 }
 

@@ -3,6 +3,7 @@ package projections
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -37,12 +38,7 @@ func (s *State) applyRegistered(env events.Envelope, p *events.NodeRegistered) e
 		RegisteredAt:   p.RegisteredAt,
 		StatusSeq:      env.Seq,
 	}
-	types := make([]string, 0, len(p.Slots))
-	for typ := range p.Slots {
-		types = append(types, typ)
-	}
-	slices.Sort(types)
-	for _, typ := range types {
+	for _, typ := range slices.Sorted(maps.Keys(p.Slots)) {
 		for i := 1; i <= p.Slots[typ]; i++ {
 			n.Slots = append(n.Slots, &Slot{ID: fmt.Sprintf("%s-%d", typ, i), ExecutionType: typ, Status: SlotAvailable})
 		}

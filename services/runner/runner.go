@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -192,12 +193,7 @@ func (r *Runner) newJob(t *projections.Task, n *projections.Node) job {
 		correlation: t.CorrelationID,
 		causation:   t.LastEventID,
 	}
-	names := make([]string, 0, len(t.StorageMounts))
-	for name := range t.StorageMounts {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(t.StorageMounts)) {
 		host, ok := r.cfg.Mounts[name]
 		if !ok {
 			j.specErr = fmt.Errorf("storage mount %q is not configured", name)
