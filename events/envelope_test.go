@@ -33,6 +33,16 @@ func samples() []Payload {
 		&NodeUp{NodeID: "n1", At: at},
 		&NodeUnstable{NodeID: "n1", Error: "refused", At: at},
 		&NodeDown{NodeID: "n1", Error: "refused", At: at},
+		&CancelRequested{TaskID: "t1", Reason: "no longer needed"},
+		&TaskCancelled{TaskID: "t1", Attempt: 2},
+		&KillRequested{TaskID: "t1", Attempt: 2},
+		&RetryRequested{TaskID: "t1"},
+		&MarkedAsError{TaskID: "t1", Reason: "timeout"},
+		&TaskDeleted{TaskID: "t1"},
+		&NodeUpdated{NodeID: "n1", Slots: map[string]int{"cpu": 4}},
+		&NodeAcceptanceChanged{NodeID: "n1", Accept: false},
+		&NodeRemoved{NodeID: "n1"},
+		&NodeKillRequested{NodeID: "n1"},
 	}
 }
 

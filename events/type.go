@@ -27,6 +27,12 @@ const (
 	TypeTaskCompleted        Type = "task.completed.v1"
 	TypeTaskRetrying         Type = "task.retrying.v1"
 	TypeTaskFailed           Type = "task.failed.v1"
+	TypeTaskCancelRequested  Type = "task.cancel_requested.v1"
+	TypeTaskCancelled        Type = "task.cancelled.v1"
+	TypeTaskKillRequested    Type = "task.kill_requested.v1"
+	TypeTaskRetryRequested   Type = "task.retry_requested.v1"
+	TypeTaskMarkedAsError    Type = "task.marked_as_error.v1"
+	TypeTaskDeleted          Type = "task.deleted.v1"
 )
 
 // Node event types (DESIGN.md section 4).
@@ -35,6 +41,11 @@ const (
 	TypeNodeUnstable   Type = "node.unstable.v1"
 	TypeNodeDown       Type = "node.down.v1"
 	TypeNodeUp         Type = "node.up.v1"
+
+	TypeNodeUpdated           Type = "node.updated.v1"
+	TypeNodeAcceptanceChanged Type = "node.acceptance_changed.v1"
+	TypeNodeRemoved           Type = "node.removed.v1"
+	TypeNodeKillRequested     Type = "node.kill_requested.v1"
 )
 
 // Aggregate returns the aggregate kind of the type ("task" or "node"), or ""
@@ -90,6 +101,17 @@ var registry = map[Type]func() Payload{
 	TypeNodeUnstable:         func() Payload { return new(NodeUnstable) },
 	TypeNodeDown:             func() Payload { return new(NodeDown) },
 	TypeNodeUp:               func() Payload { return new(NodeUp) },
+
+	TypeTaskCancelRequested:   func() Payload { return new(CancelRequested) },
+	TypeTaskCancelled:         func() Payload { return new(TaskCancelled) },
+	TypeTaskKillRequested:     func() Payload { return new(KillRequested) },
+	TypeTaskRetryRequested:    func() Payload { return new(RetryRequested) },
+	TypeTaskMarkedAsError:     func() Payload { return new(MarkedAsError) },
+	TypeTaskDeleted:           func() Payload { return new(TaskDeleted) },
+	TypeNodeUpdated:           func() Payload { return new(NodeUpdated) },
+	TypeNodeAcceptanceChanged: func() Payload { return new(NodeAcceptanceChanged) },
+	TypeNodeRemoved:           func() Payload { return new(NodeRemoved) },
+	TypeNodeKillRequested:     func() Payload { return new(NodeKillRequested) },
 }
 
 // Known reports whether t is a type this version of the package can decode.

@@ -23,10 +23,8 @@ func (s *State) applyRegistered(env events.Envelope, p *events.NodeRegistered) e
 	if other, taken := s.hostnames[p.Hostname]; taken {
 		return rejectCode(CodeHostnameTaken, "hostname %s is already taken by node %s", p.Hostname, other)
 	}
-	for typ, n := range p.Slots {
-		if typ == "" || n < 0 {
-			return rejectf("node %s has an invalid slot count %q=%d", p.NodeID, typ, n)
-		}
+	if err := checkSlots(p.NodeID, p.Slots); err != nil {
+		return err
 	}
 	n := &Node{
 		ID:             p.NodeID,
@@ -36,6 +34,7 @@ func (s *State) applyRegistered(env events.Envelope, p *events.NodeRegistered) e
 		Status:         NodeUnavailable,
 		AcceptNewTasks: true,
 		RegisteredAt:   p.RegisteredAt,
+		UpdatedAt:      env.Time,
 		StatusSeq:      env.Seq,
 	}
 	for _, typ := range slices.Sorted(maps.Keys(p.Slots)) {

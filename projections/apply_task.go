@@ -37,12 +37,19 @@ func (s *State) applySubmitted(env events.Envelope, p *events.TaskSubmitted) err
 	s.Tasks[t.ID] = t
 	s.setStatus(t, TaskWaiting)
 	s.enqueue(t)
+	s.byAge = append(s.byAge, t) // sequences only grow
+	for k, v := range t.Tags {
+		s.tag(k, v)
+	}
 	return nil
 }
 
 func (s *State) applyReserved(t *Task, p *events.SlotReserved) error {
 	if !t.Queued() {
 		return rejectf("task %s is %s, not waiting for a slot", t.ID, t.Status)
+	}
+	if t.CancelRequested {
+		return rejectf("task %s is being cancelled", t.ID)
 	}
 	if p.Attempt != t.Attempt+1 {
 		return rejectf("attempt %d of task %s is not the next attempt (%d)", p.Attempt, t.ID, t.Attempt+1)
@@ -143,8 +150,12 @@ func (s *State) applyExited(t *Task, p *events.ContainerExited) error {
 func (s *State) endAttempt(t *Task) {
 	if slot := s.slotOf(t); slot != nil {
 		slot.Status, slot.TaskID, slot.Attempt = SlotAvailable, "", 0
+		if slot.Retiring {
+			s.Nodes[t.NodeID].removeSlot(slot)
+		}
 	}
 	t.AttemptEnded = true
+	t.KillRequested = 0
 	delete(s.active, t.ID)
 	s.awaiting[t.ID] = t
 }
@@ -215,6 +226,8 @@ func (s *State) applyRetrying(t *Task, p *events.TaskRetrying) error {
 		return rejectf("attempt %d of task %s succeeded; it is not retried", p.Attempt, t.ID)
 	case t.TryCount >= t.MaxRetries:
 		return rejectf("task %s has used its %d retries", t.ID, t.MaxRetries)
+	case t.CancelRequested:
+		return rejectf("task %s is being cancelled; it is not retried", t.ID)
 	case p.NextAttempt != t.Attempt+1:
 		return rejectf("next attempt of task %s is %d, not %d", t.ID, t.Attempt+1, p.NextAttempt)
 	}

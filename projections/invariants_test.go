@@ -49,6 +49,55 @@ func checkInvariants(t require.TestingT, s *State) {
 		inQueue := slices.Contains(s.queues[task.ExecutionType], task)
 		require.Equalf(t, task.Queued(), inQueue, "task %s (%s) in queue: %t", id, task.Status, inQueue)
 	}
+	// Slots: retiring ones are busy; the others match the wanted counts.
+	for _, n := range s.Nodes {
+		per := map[string]int{}
+		for _, slot := range n.Slots {
+			if slot.Retiring {
+				require.NotEqual(t, SlotAvailable, slot.Status, "a free slot is retiring")
+				continue
+			}
+			per[slot.ExecutionType]++
+		}
+		for typ, want := range n.SlotsWanted {
+			require.Equalf(t, want, per[typ], "node %s has %d %s slots, wants %d", n.ID, per[typ], typ, want)
+		}
+		for typ, got := range per {
+			require.Equalf(t, n.SlotsWanted[typ], got, "node %s has %d %s slots, wants %d", n.ID, got, typ, n.SlotsWanted[typ])
+		}
+		require.Equal(t, n.ID, s.hostnames[n.Hostname])
+	}
+	require.Len(t, s.hostnames, len(s.Nodes))
+	// Indexes: byAge, failed and tags follow the tasks.
+	require.Len(t, s.byAge, len(s.Tasks))
+	require.True(t, slices.IsSortedFunc(s.byAge, func(a, b *Task) int { return int(a.SubmitSeq) - int(b.SubmitSeq) }))
+	tags := map[string]map[string]int{}
+	for _, task := range s.byAge {
+		require.Same(t, task, s.Tasks[task.ID])
+		for k, v := range task.Tags {
+			if tags[k] == nil {
+				tags[k] = map[string]int{}
+			}
+			tags[k][v]++
+		}
+		if task.Status == TaskFailed {
+			require.Contains(t, s.failed, task.ID)
+		}
+		if task.KillRequested != 0 {
+			require.True(t, task.Active(), "kill requested for an attempt that is not running")
+		}
+		if task.Status.Terminal() {
+			require.Falsef(t, task.EndedAt.IsZero(), "terminal task %s without ended_at", task.ID)
+		}
+	}
+	require.Equal(t, tags, s.tags)
+	for id := range s.failed {
+		require.Equal(t, TaskFailed, s.Tasks[id].Status)
+	}
+	for id, task := range s.Tasks {
+		_, ok := s.cancelling[id]
+		require.Equalf(t, task.CancelRequested && !task.Status.Terminal(), ok, "cancelling index of %s", id)
+	}
 	counts := map[TaskStatus]int{}
 	for _, task := range s.Tasks {
 		counts[task.Status]++
@@ -69,9 +118,30 @@ func genEvent(t *rapid.T) events.Payload {
 	nodeID := rapid.SampledFrom([]string{"n1", "n2"}).Draw(t, "node")
 	attempt := rapid.IntRange(1, 5).Draw(t, "attempt")
 	slot := rapid.SampledFrom([]string{"cpu-1", "cpu-2", "io-1"}).Draw(t, "slot")
-	switch rapid.IntRange(0, 12).Draw(t, "kind") {
+	switch rapid.IntRange(0, 22).Draw(t, "kind") {
 	case 0:
-		return &events.TaskSubmitted{TaskID: task, ExecutionType: rapid.SampledFrom([]string{"cpu", "io"}).Draw(t, "type"), MaxRetries: rapid.IntRange(0, 3).Draw(t, "retries")}
+		return &events.TaskSubmitted{TaskID: task, ExecutionType: rapid.SampledFrom([]string{"cpu", "io"}).Draw(t, "type"), MaxRetries: rapid.IntRange(0, 3).Draw(t, "retries"),
+			Tags: rapid.SampledFrom([]map[string]string{nil, {"a": "1"}, {"a": "2", "b": "x"}}).Draw(t, "tags")}
+	case 13:
+		return &events.CancelRequested{TaskID: task}
+	case 14:
+		return &events.TaskCancelled{TaskID: task, Attempt: attempt - 1}
+	case 15:
+		return &events.KillRequested{TaskID: task, Attempt: attempt}
+	case 16:
+		return &events.RetryRequested{TaskID: task}
+	case 17:
+		return &events.MarkedAsError{TaskID: task}
+	case 18:
+		return &events.TaskDeleted{TaskID: task}
+	case 19:
+		return &events.NodeUpdated{NodeID: nodeID, Slots: rapid.SampledFrom([]map[string]int{{"cpu": 1}, {"cpu": 3, "io": 2}, {"io": 1}, {}}).Draw(t, "slots")}
+	case 20:
+		return &events.NodeAcceptanceChanged{NodeID: nodeID, Accept: rapid.Bool().Draw(t, "accept")}
+	case 21:
+		return &events.NodeRemoved{NodeID: nodeID}
+	case 22:
+		return &events.NodeKillRequested{NodeID: nodeID}
 	case 1:
 		return &events.NodeRegistered{NodeID: nodeID, Hostname: "tcp://" + nodeID, Slots: map[string]int{"cpu": 2, "io": 1}}
 	case 2:
@@ -102,7 +172,7 @@ func genEvent(t *rapid.T) events.Payload {
 func TestFoldProperties(t *testing.T) {
 	t.Parallel()
 	rapid.Check(t, func(rt *rapid.T) {
-		n := rapid.IntRange(1, 200).Draw(rt, "n")
+		n := rapid.IntRange(1, 300).Draw(rt, "n")
 		envs := make([]events.Envelope, 0, n)
 		s := NewState()
 		terminal := map[string]TaskStatus{}
@@ -112,12 +182,23 @@ func TestFoldProperties(t *testing.T) {
 			envs = append(envs, env)
 			out := s.Apply(env)
 			checkInvariants(rt, s)
+			if out.Accepted && env.Type == events.TypeTaskRetryRequested {
+				completions[env.AggregateID] = 0 // a forced retry may complete again
+			}
 			if out.Accepted && env.Type == events.TypeTaskCompleted {
 				completions[env.AggregateID]++
 				require.Equalf(rt, 1, completions[env.AggregateID], "task %s completed twice", env.AggregateID)
 			}
+			// A terminal task changes only by an explicit request.
 			for id, st := range terminal {
-				require.Equalf(rt, st, s.Tasks[id].Status, "terminal task %s changed", id)
+				switch env.Type {
+				case events.TypeTaskRetryRequested, events.TypeTaskMarkedAsError, events.TypeTaskDeleted:
+					if env.AggregateID == id && out.Accepted {
+						delete(terminal, id)
+						continue
+					}
+				}
+				require.Equalf(rt, st, s.Tasks[id].Status, "terminal task %s changed by %s", id, env.Type)
 			}
 			for id, task := range s.Tasks {
 				if task.Status.Terminal() {

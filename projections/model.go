@@ -19,14 +19,18 @@ const (
 	TaskFailed    TaskStatus = "failed"
 	TaskCompleted TaskStatus = "completed"
 	TaskError     TaskStatus = "error"
+	// TaskCancelled is the broker's own: a cancelled task never runs again
+	// unless a retry is asked for.
+	TaskCancelled TaskStatus = "cancelled"
 )
 
-// TaskStatuses lists every task status in the seed's order.
-var TaskStatuses = []TaskStatus{TaskWaiting, TaskStarting, TaskStarted, TaskRetry, TaskFailed, TaskCompleted, TaskError}
+// TaskStatuses lists every task status: the seed's, in its order, then the
+// broker's own.
+var TaskStatuses = []TaskStatus{TaskWaiting, TaskStarting, TaskStarted, TaskRetry, TaskFailed, TaskCompleted, TaskError, TaskCancelled}
 
 // Terminal reports whether no further attempt will run.
 func (s TaskStatus) Terminal() bool {
-	return s == TaskFailed || s == TaskCompleted || s == TaskError
+	return s == TaskFailed || s == TaskCompleted || s == TaskError || s == TaskCancelled
 }
 
 // NodeStatus is a node's health, with the seed's names.
@@ -91,6 +95,14 @@ type Task struct {
 	StartFailed bool `json:"start_failed,omitempty"`
 	// Logs lists the archived logs, one entry per attempt that produced them.
 	Logs []LogRef `json:"logs,omitempty"`
+	// CancelRequested is set once a cancel was accepted; the task will not
+	// be reserved or retried any more.
+	CancelRequested bool `json:"cancel_requested,omitempty"`
+	// KillRequested is the attempt whose container is to be killed, or 0.
+	KillRequested int `json:"kill_requested,omitempty"`
+	// EndedAt is when the task reached its terminal status (the time of
+	// that event).
+	EndedAt time.Time `json:"ended_at,omitzero"`
 	// LastEventID is the envelope ID of the last event accepted for the task,
 	// the causation of the next derived event.
 	LastEventID string `json:"last_event_id,omitempty"`
@@ -136,6 +148,8 @@ type Node struct {
 	LastError      string         `json:"last_error,omitempty"`
 	LastSuccessAt  time.Time      `json:"last_success_at,omitzero"`
 	RegisteredAt   time.Time      `json:"registered_at"`
+	// UpdatedAt is the time of the node's last accepted event.
+	UpdatedAt time.Time `json:"updated_at"`
 	// StatusSeq is the stream sequence of the node's last accepted status
 	// event; health events use it in their idempotency keys.
 	StatusSeq uint64 `json:"status_seq"`
@@ -149,6 +163,9 @@ type Slot struct {
 	Status        SlotStatus `json:"status"`
 	TaskID        string     `json:"task_id,omitempty"`
 	Attempt       int        `json:"attempt,omitempty"`
+	// Retiring marks a busy slot the node no longer wants: it goes when it
+	// is released.
+	Retiring bool `json:"retiring,omitempty"`
 }
 
 // Slot returns the slot with the given id.

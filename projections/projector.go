@@ -115,6 +115,8 @@ func (p *Projector) checkpoint(ctx context.Context) (uint64, error) {
 	return seq, nil
 }
 
+// view is one KV write; a nil body deletes the key (a deleted task, a
+// removed node).
 type view struct {
 	kv   jetstream.KeyValue
 	key  string
@@ -125,17 +127,18 @@ type view struct {
 // sequence they reflect.
 func (p *Projector) project(ctx context.Context, last uint64) (uint64, error) {
 	var (
-		head  uint64
-		views []view
-		err   error
+		head         uint64
+		views        []view
+		err          error
+		tasks, nodes = map[string]bool{}, map[string]bool{}
+		rewrite      bool
 	)
 	now := p.cfg.Now()
 	p.cfg.Replica.ReadSince(last, func(s *State, applied []Applied, complete bool) {
-		head = s.Seq
+		head, rewrite = s.Seq, !complete
 		if head == last {
 			return
 		}
-		tasks, nodes := map[string]bool{}, map[string]bool{}
 		if complete {
 			for _, a := range applied {
 				p.markDirty(s, a, tasks, nodes)
@@ -153,8 +156,29 @@ func (p *Projector) project(ctx context.Context, last uint64) (uint64, error) {
 	if err != nil || head == last {
 		return last, err
 	}
+	if rewrite {
+		// Views of tasks and nodes that are gone since are stale.
+		for _, b := range []struct {
+			kv   jetstream.KeyValue
+			keep map[string]bool
+		}{{p.tasks, tasks}, {p.nodes, nodes}} {
+			stale, err := staleKeys(ctx, b.kv, b.keep)
+			if err != nil {
+				return last, err
+			}
+			for _, k := range stale {
+				views = append(views, view{kv: b.kv, key: k})
+			}
+		}
+	}
 	for _, v := range views {
-		if _, err := v.kv.Put(ctx, v.key, v.body); err != nil {
+		var err error
+		if v.body == nil {
+			err = v.kv.Delete(ctx, v.key)
+		} else {
+			_, err = v.kv.Put(ctx, v.key, v.body)
+		}
+		if err != nil {
 			return last, fmt.Errorf("writing view %s: %w", v.key, err)
 		}
 	}
@@ -177,8 +201,8 @@ func (p *Projector) markDirty(s *State, a Applied, tasks, nodes map[string]bool)
 			nodes[t.NodeID] = true
 		}
 	case events.AggregateNode:
-		// Registration renames every node.
-		if a.Type == events.TypeNodeRegistered {
+		// Registration and removal rename every node.
+		if a.Type == events.TypeNodeRegistered || a.Type == events.TypeNodeRemoved {
 			for id := range s.Nodes {
 				nodes[id] = true
 			}
@@ -192,6 +216,7 @@ func (p *Projector) render(s *State, now time.Time, tasks, nodes map[string]bool
 	for id := range tasks {
 		t, ok := s.Tasks[id]
 		if !ok {
+			views = append(views, view{kv: p.tasks, key: id})
 			continue
 		}
 		b, err := json.Marshal(s.NewTaskView(t, now))
@@ -203,6 +228,7 @@ func (p *Projector) render(s *State, now time.Time, tasks, nodes map[string]bool
 	for id := range nodes {
 		n, ok := s.Nodes[id]
 		if !ok {
+			views = append(views, view{kv: p.nodes, key: id})
 			continue
 		}
 		b, err := json.Marshal(s.NewNodeView(n))
@@ -212,4 +238,20 @@ func (p *Projector) render(s *State, now time.Time, tasks, nodes map[string]bool
 		views = append(views, view{kv: p.nodes, key: id, body: b})
 	}
 	return views, nil
+}
+
+// staleKeys lists the keys of a bucket that are not in keep.
+func staleKeys(ctx context.Context, kv jetstream.KeyValue, keep map[string]bool) ([]string, error) {
+	lister, err := kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", kv.Bucket(), err)
+	}
+	defer func() { _ = lister.Stop() }()
+	var stale []string
+	for k := range lister.Keys() {
+		if !keep[k] {
+			stale = append(stale, k)
+		}
+	}
+	return stale, nil
 }

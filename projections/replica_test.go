@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cbroker/broker/events"
@@ -211,4 +212,37 @@ func TestProjector(t *testing.T) {
 	require.Equal(t, []TypeUsage{{ExecutionType: "cpu", UsagePercent: 50}}, nv.UsagePerExecutionType)
 	require.Equal(t, SlotRunning, nv.Slots[0].Status)
 	require.Equal(t, "t1", *nv.Slots[0].TaskUUID)
+}
+
+func TestProjectorRewriteDropsStaleViews(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Run(t, "")
+	r, err := NewReplica(ReplicaConfig{JetStream: srv.JS, Remember: 4})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { require.NoError(t, r.Run(ctx)) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	kvTasks, err := srv.JS.KeyValue(t.Context(), events.BucketTasks)
+	require.NoError(t, err)
+	_, err = kvTasks.Put(t.Context(), "ghost", []byte(`{}`))
+	require.NoError(t, err)
+	for i := range 10 {
+		appendOne(t, srv, "sub"+strconv.Itoa(i), submit("t"+strconv.Itoa(i), "cpu", 3))
+	}
+	_, err = r.WaitSeq(t.Context(), 10)
+	require.NoError(t, err)
+
+	// The checkpoint (none) is older than what the replica remembers: the
+	// projector rewrites every view and drops the ones of vanished tasks.
+	p, err := NewProjector(t.Context(), ProjectorConfig{JetStream: srv.JS, Replica: r})
+	require.NoError(t, err)
+	wg.Go(func() { require.NoError(t, p.Run(ctx)) })
+	require.EventuallyWithT(t, func(c *assertT) {
+		_, err := kvTasks.Get(t.Context(), "ghost")
+		require.ErrorIs(c, err, jetstream.ErrKeyNotFound)
+		keys, err := kvTasks.Keys(t.Context())
+		require.NoError(c, err)
+		require.Len(c, keys, 10)
+	}, 10*time.Second, 20*time.Millisecond)
 }

@@ -4,7 +4,9 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"time"
 
 	"github.com/cbroker/broker/events"
 )
@@ -35,10 +37,14 @@ type State struct {
 	// TaskCounts is the number of tasks in each status.
 	TaskCounts map[TaskStatus]int
 
-	queues    map[string][]*Task // per execution type, waiting|retry tasks by SubmitSeq
-	awaiting  map[string]*Task   // attempt ended, decision pending
-	active    map[string]*Task   // attempt holds a slot
-	hostnames map[string]string  // hostname → node id
+	queues     map[string][]*Task        // per execution type, waiting|retry tasks by SubmitSeq
+	awaiting   map[string]*Task          // attempt ended, decision pending
+	active     map[string]*Task          // attempt holds a slot
+	failed     map[string]*Task          // status failed
+	cancelling map[string]*Task          // cancel requested, not ended
+	hostnames  map[string]string         // hostname → node id
+	byAge      []*Task                   // every task by SubmitSeq
+	tags       map[string]map[string]int // tag name → value → number of tasks
 }
 
 // NewState returns an empty state.
@@ -50,7 +56,10 @@ func NewState() *State {
 		queues:     map[string][]*Task{},
 		awaiting:   map[string]*Task{},
 		active:     map[string]*Task{},
+		failed:     map[string]*Task{},
+		cancelling: map[string]*Task{},
 		hostnames:  map[string]string{},
+		tags:       map[string]map[string]int{},
 	}
 }
 
@@ -93,6 +102,12 @@ type Code string
 const (
 	CodeHostnameTaken Code = "hostname_taken"
 	CodeExists        Code = "exists"
+	// CodeNotFound: the task or node does not exist (any more).
+	CodeNotFound Code = "not_found"
+	// CodeStatus: the request does not fit the entity's status.
+	CodeStatus Code = "status"
+	// CodeBusy: the node has busy slots.
+	CodeBusy Code = "busy"
 )
 
 // rejection is an error the fold returns for an invalid proposal.
@@ -137,6 +152,26 @@ func (s *State) apply(env events.Envelope, p events.Payload) error {
 		return s.withNode(env, p.NodeID, func(n *Node) error { return applyUnstable(n, env, p) })
 	case *events.NodeDown:
 		return s.withNode(env, p.NodeID, func(n *Node) error { return applyDown(n, env, p) })
+	case *events.CancelRequested:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyCancelRequested(t) })
+	case *events.TaskCancelled:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyCancelled(t, p) })
+	case *events.KillRequested:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return applyKillRequested(t, p) })
+	case *events.RetryRequested:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyRetryRequested(t) })
+	case *events.MarkedAsError:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyMarkedAsError(t, p) })
+	case *events.TaskDeleted:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyDeleted(t) })
+	case *events.NodeUpdated:
+		return s.withNode(env, p.NodeID, func(n *Node) error { return applyUpdated(n, p) })
+	case *events.NodeAcceptanceChanged:
+		return s.withNode(env, p.NodeID, func(n *Node) error { n.AcceptNewTasks = p.Accept; return nil })
+	case *events.NodeRemoved:
+		return s.withNode(env, p.NodeID, func(n *Node) error { return s.applyRemoved(n) })
+	case *events.NodeKillRequested:
+		return s.withNode(env, p.NodeID, func(n *Node) error { s.applyNodeKill(n); return nil })
 	default:
 		return rejectf("event type %s is not handled by this fold", env.Type)
 	}
@@ -148,12 +183,15 @@ func (s *State) withTask(env events.Envelope, id string, f func(*Task) error) er
 	}
 	t, ok := s.Tasks[id]
 	if !ok {
-		return rejectf("task %s does not exist", id)
+		return rejectCode(CodeNotFound, "task %s does not exist", id)
 	}
 	if err := f(t); err != nil {
 		return err
 	}
 	t.LastEventID = env.ID
+	if t.Status.Terminal() && t.EndedAt.IsZero() {
+		t.EndedAt = env.Time
+	}
 	return nil
 }
 
@@ -163,9 +201,13 @@ func (s *State) withNode(env events.Envelope, id string, f func(*Node) error) er
 	}
 	n, ok := s.Nodes[id]
 	if !ok {
-		return rejectf("node %s does not exist", id)
+		return rejectCode(CodeNotFound, "node %s does not exist", id)
 	}
-	return f(n)
+	if err := f(n); err != nil {
+		return err
+	}
+	n.UpdatedAt = env.Time
+	return nil
 }
 
 // Queue returns the tasks waiting for a slot of an execution type, in queue
@@ -220,13 +262,25 @@ func sortedBySubmit(m map[string]*Task) []*Task {
 	return out
 }
 
-// setStatus changes a task's status and keeps TaskCounts in step.
+// setStatus changes a task's status and keeps TaskCounts and the set of
+// failed tasks in step. Leaving a terminal status clears EndedAt.
 func (s *State) setStatus(t *Task, st TaskStatus) {
 	if t.Status != "" {
 		s.TaskCounts[t.Status]--
 	}
+	if !st.Terminal() {
+		t.EndedAt = time.Time{}
+	}
 	t.Status = st
 	s.TaskCounts[st]++
+	if st == TaskFailed {
+		s.failed[t.ID] = t
+	} else {
+		delete(s.failed, t.ID)
+	}
+	if st.Terminal() {
+		delete(s.cancelling, t.ID)
+	}
 }
 
 func (s *State) enqueue(t *Task) {
@@ -251,3 +305,41 @@ func (s *State) dequeue(t *Task) {
 	}
 	s.queues[t.ExecutionType] = q
 }
+
+// TasksNewestFirst calls f for every task, newest submission first, until f
+// returns false.
+func (s *State) TasksNewestFirst(f func(*Task) bool) {
+	for i := len(s.byAge) - 1; i >= 0; i-- {
+		if !f(s.byAge[i]) {
+			return
+		}
+	}
+}
+
+// TasksOlderThan calls f for every task submitted before sequence seq,
+// newest first, until f returns false. It is the cursor of paginated lists.
+func (s *State) TasksOlderThan(seq uint64, f func(*Task) bool) {
+	i, _ := slices.BinarySearchFunc(s.byAge, seq, bySubmitSeq)
+	for i--; i >= 0; i-- {
+		if !f(s.byAge[i]) {
+			return
+		}
+	}
+}
+
+// TagNames returns the names of the tags of current tasks, sorted.
+func (s *State) TagNames() []string { return slices.Sorted(maps.Keys(s.tags)) }
+
+// TagValues returns the values a tag has on current tasks, sorted, and
+// whether any task has the tag.
+func (s *State) TagValues(name string) ([]string, bool) {
+	values, ok := s.tags[name]
+	return slices.Sorted(maps.Keys(values)), ok
+}
+
+// FailedTasks returns the tasks in status failed, in submission order.
+func (s *State) FailedTasks() []*Task { return sortedBySubmit(s.failed) }
+
+// CancellingTasks returns the tasks whose cancel was requested and that
+// have not ended yet, in submission order.
+func (s *State) CancellingTasks() []*Task { return sortedBySubmit(s.cancelling) }

@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"fmt"
 	"maps"
 	"math"
 	"slices"
@@ -46,6 +47,12 @@ type TaskView struct {
 	NodeID     string  `json:"node_id,omitempty"`
 	NotBefore  *string `json:"not_before,omitempty"`
 	LogsBytes  int64   `json:"logs_bytes"`
+	// CancelRequested is set while a cancel is under way.
+	CancelRequested bool    `json:"cancel_requested,omitempty"`
+	EndedAt         *string `json:"ended_at,omitempty"`
+	// SubmitSeq is the stream sequence of the submission (the order of
+	// lists, and their cursor).
+	SubmitSeq uint64 `json:"submit_seq"`
 }
 
 // SlotRef names a slot in a task view.
@@ -78,7 +85,14 @@ func (s *State) NewTaskView(t *Task, now time.Time) TaskView {
 		NodeID:         t.NodeID,
 		NotBefore:      FormatTime(t.NotBefore),
 	}
-	if t.Error != "" {
+	v.CancelRequested = t.CancelRequested
+	v.EndedAt = FormatTime(t.EndedAt)
+	v.SubmitSeq = t.SubmitSeq
+	switch {
+	case t.Queued() && !s.offers(t.ExecutionType):
+		// The seed let such a task wait in silence.
+		v.Error = ptr(fmt.Sprintf("no node offers execution type %q; the task waits until one does", t.ExecutionType))
+	case t.Error != "":
 		v.Error = ptr(t.Error)
 	}
 	if t.ContainerName != "" {
@@ -92,6 +106,16 @@ func (s *State) NewTaskView(t *Task, now time.Time) TaskView {
 		v.LogsBytes = l.Bytes
 	}
 	return v
+}
+
+// offers reports whether any node has slots of an execution type.
+func (s *State) offers(executionType string) bool {
+	for _, n := range s.Nodes {
+		if n.SlotsWanted[executionType] > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // secondsRunning follows the seed: finished − started for completed and
@@ -146,6 +170,8 @@ type NodeView struct {
 	RunnerProvider        string         `json:"runner_provider"`
 	RunnerCapacityReached bool           `json:"runner_capacity_reached"`
 	Slots                 []SlotView     `json:"slots"`
+	CreatedAt             *string        `json:"created_at"`
+	UpdatedAt             *string        `json:"updated_at"`
 }
 
 // TypeUsage is the busy share of one execution type's slots on a node.
@@ -162,6 +188,8 @@ type SlotView struct {
 	Status        SlotStatus `json:"status"`
 	ExecutionType string     `json:"execution_type"`
 	TaskUUID      *string    `json:"task_uuid"`
+	// Retiring marks a busy slot the node no longer wants.
+	Retiring bool `json:"retiring,omitempty"`
 }
 
 // NewNodeView builds the view of a node.
@@ -177,13 +205,15 @@ func (s *State) NewNodeView(n *Node) NodeView {
 		RunnerProvider:        n.RunnerProvider,
 		Slots:                 []SlotView{},
 		UsagePerExecutionType: []TypeUsage{},
+		CreatedAt:             FormatTime(n.RegisteredAt),
+		UpdatedAt:             FormatTime(n.UpdatedAt),
 	}
 	if n.LastError != "" {
 		v.LastError = ptr(n.LastError)
 	}
 	var types []string
 	for _, slot := range n.Slots {
-		sv := SlotView{UUID: n.ID + "/" + slot.ID, Name: n.SlotName(slot), Status: slot.Status, ExecutionType: slot.ExecutionType}
+		sv := SlotView{UUID: n.ID + "/" + slot.ID, Name: n.SlotName(slot), Status: slot.Status, ExecutionType: slot.ExecutionType, Retiring: slot.Retiring}
 		if t, ok := s.Tasks[slot.TaskID]; ok && slot.TaskID != "" {
 			sv.RunnerID = ptr(t.ContainerName)
 			sv.TaskUUID = ptr(t.ID)
