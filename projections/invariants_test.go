@@ -120,8 +120,10 @@ func genEvent(t *rapid.T) events.Payload {
 	slot := rapid.SampledFrom([]string{"cpu-1", "cpu-2", "io-1"}).Draw(t, "slot")
 	switch rapid.IntRange(0, 22).Draw(t, "kind") {
 	case 0:
-		return &events.TaskSubmitted{TaskID: task, ExecutionType: rapid.SampledFrom([]string{"cpu", "io"}).Draw(t, "type"), MaxRetries: rapid.IntRange(0, 3).Draw(t, "retries"),
-			Tags: rapid.SampledFrom([]map[string]string{nil, {"a": "1"}, {"a": "2", "b": "x"}}).Draw(t, "tags")}
+		return &events.TaskSubmitted{
+			TaskID: task, ExecutionType: rapid.SampledFrom([]string{"cpu", "io"}).Draw(t, "type"), MaxRetries: rapid.IntRange(0, 3).Draw(t, "retries"),
+			Tags: rapid.SampledFrom([]map[string]string{nil, {"a": "1"}, {"a": "2", "b": "x"}}).Draw(t, "tags"),
+		}
 	case 13:
 		return &events.CancelRequested{TaskID: task}
 	case 14:
