@@ -47,6 +47,12 @@ func (Runtime) Logs(context.Context, runtime.Node, string, int64) ([]byte, bool,
 // Remove implements runtime.Runtime.
 func (Runtime) Remove(context.Context, runtime.Node, string) error { return nil }
 
+// Kill implements runtime.Runtime.
+func (Runtime) Kill(context.Context, runtime.Node, string) error { return nil }
+
+// Stop implements runtime.Runtime.
+func (Runtime) Stop(context.Context, runtime.Node, string, time.Duration) error { return nil }
+
 type container struct{ at time.Time }
 
 func (c container) ID() string           { return "bench-noop" }

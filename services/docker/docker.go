@@ -269,6 +269,22 @@ func (r *Runtime) Logs(ctx context.Context, node runtime.Node, name string, limi
 	return w.buf.Bytes(), w.truncated, nil
 }
 
+// owned returns the id of a container that carries the broker's label, or
+// "" if there is no such container.
+func (r *Runtime) owned(ctx context.Context, cli *client.Client, name, action string) (string, error) {
+	info, err := cli.ContainerInspect(ctx, name)
+	if cerrdefs.IsNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("inspecting container %s: %w", name, err)
+	}
+	if info.Config == nil || info.Config.Labels[runtime.LabelBroker] == "" {
+		return "", fmt.Errorf("refusing to %s container %s: it does not carry the broker's labels", action, name)
+	}
+	return info.ID, nil
+}
+
 // Remove implements runtime.Runtime. It only removes containers that carry
 // the broker's label.
 func (r *Runtime) Remove(ctx context.Context, node runtime.Node, name string) error {
@@ -276,19 +292,50 @@ func (r *Runtime) Remove(ctx context.Context, node runtime.Node, name string) er
 	if err != nil {
 		return err
 	}
-	info, err := cli.ContainerInspect(ctx, name)
-	if cerrdefs.IsNotFound(err) {
-		return nil
+	id, err := r.owned(ctx, cli, name, "remove")
+	if err != nil || id == "" {
+		return err
 	}
-	if err != nil {
-		return fmt.Errorf("inspecting container %s: %w", name, err)
-	}
-	if info.Config == nil || info.Config.Labels[runtime.LabelBroker] == "" {
-		return fmt.Errorf("refusing to remove container %s: it does not carry the broker's labels", name)
-	}
-	err = cli.ContainerRemove(ctx, info.ID, container.RemoveOptions{Force: true})
+	err = cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true})
 	if err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("removing container %s: %w", name, err)
+	}
+	return nil
+}
+
+// Kill implements runtime.Runtime, for containers that carry the broker's
+// label.
+func (r *Runtime) Kill(ctx context.Context, node runtime.Node, name string) error {
+	cli, err := r.Client(node.Hostname)
+	if err != nil {
+		return err
+	}
+	id, err := r.owned(ctx, cli, name, "kill")
+	if err != nil || id == "" {
+		return err
+	}
+	err = cli.ContainerKill(ctx, id, "KILL")
+	if err != nil && !cerrdefs.IsNotFound(err) && !cerrdefs.IsConflict(err) { // conflict: not running
+		return fmt.Errorf("killing container %s: %w", name, err)
+	}
+	return nil
+}
+
+// Stop implements runtime.Runtime, for containers that carry the broker's
+// label.
+func (r *Runtime) Stop(ctx context.Context, node runtime.Node, name string, grace time.Duration) error {
+	cli, err := r.Client(node.Hostname)
+	if err != nil {
+		return err
+	}
+	id, err := r.owned(ctx, cli, name, "stop")
+	if err != nil || id == "" {
+		return err
+	}
+	secs := max(int(grace/time.Second), 0)
+	err = cli.ContainerStop(ctx, id, container.StopOptions{Signal: "TERM", Timeout: &secs})
+	if err != nil && !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("stopping container %s: %w", name, err)
 	}
 	return nil
 }

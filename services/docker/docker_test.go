@@ -149,6 +149,8 @@ func TestRuntime(t *testing.T) {
 			_ = b.engine.Client.ContainerRemove(context.Background(), created.ID, container.RemoveOptions{Force: true})
 		})
 		require.ErrorContains(t, b.rt.Remove(ctx, b.node, name), "does not carry the broker's labels")
+		require.ErrorContains(t, b.rt.Kill(ctx, b.node, name), "does not carry the broker's labels")
+		require.ErrorContains(t, b.rt.Stop(ctx, b.node, name, time.Second), "does not carry the broker's labels")
 		_, err = b.engine.Client.ContainerInspect(ctx, created.ID)
 		require.NoError(t, err, "the foreign container must still exist")
 		// Nor is it adopted as an attempt's container.

@@ -51,6 +51,9 @@ type Config struct {
 	// FinishTimeout bounds the work after a container exited (archive,
 	// report, remove), which goes on after a stop signal. Defaults to 30s.
 	FinishTimeout time.Duration
+	// StopGrace is how long a cancelled task's container has between SIGTERM
+	// and SIGKILL. Defaults to 10s.
+	StopGrace time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -65,8 +68,18 @@ type Runner struct {
 	log *slog.Logger
 	obs jetstream.ObjectStore
 
-	mu       sync.Mutex
-	attempts map[attemptKey]bool // in flight; true once its goroutine ended
+	mu        sync.Mutex
+	attempts  map[attemptKey]bool // in flight; true once its goroutine ended
+	signalled map[attemptKey]bool // kill or stop sent to the attempt's container
+}
+
+// signal is a kill (the seed's kill_container) or a stop (a cancel) for a
+// running attempt's container.
+type signal struct {
+	key  attemptKey
+	node runtime.Node
+	name string
+	kill bool
 }
 
 type attemptKey struct {
@@ -109,10 +122,16 @@ func New(cfg Config) (*Runner, error) {
 	if cfg.FinishTimeout <= 0 {
 		cfg.FinishTimeout = 30 * time.Second
 	}
+	if cfg.StopGrace <= 0 {
+		cfg.StopGrace = 10 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Runner{cfg: cfg, log: cfg.Logger.With(slog.String("component", "runner")), attempts: map[attemptKey]bool{}}, nil
+	return &Runner{
+		cfg: cfg, log: cfg.Logger.With(slog.String("component", "runner")),
+		attempts: map[attemptKey]bool{}, signalled: map[attemptKey]bool{},
+	}, nil
 }
 
 // Run runs attempts until ctx is done, then waits for its goroutines.
@@ -133,13 +152,17 @@ func (r *Runner) Run(ctx context.Context) error {
 	defer wg.Wait()
 	for {
 		changed := r.cfg.Replica.Changed()
-		for _, j := range r.collect() {
+		jobs, signals := r.collect()
+		for _, j := range jobs {
 			wg.Go(func() {
 				r.run(ctx, j)
 				r.mu.Lock()
 				r.attempts[j.key] = true
 				r.mu.Unlock()
 			})
+		}
+		for _, s := range signals {
+			wg.Go(func() { r.signal(ctx, s) })
 		}
 		select {
 		case <-changed:
@@ -150,31 +173,66 @@ func (r *Runner) Run(ctx context.Context) error {
 }
 
 // collect returns the active attempts on owned nodes that have no goroutine
-// yet, and forgets finished attempts the fold has moved past.
-func (r *Runner) collect() []job {
+// yet and the kills and stops the fold asks for, and forgets attempts the
+// fold has moved past.
+func (r *Runner) collect() ([]job, []signal) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var jobs []job
+	var (
+		jobs    []job
+		signals []signal
+	)
 	r.cfg.Replica.Read(func(s *projections.State) {
+		gone := func(key attemptKey) bool {
+			t := s.Tasks[key.task]
+			return t == nil || t.Attempt != key.attempt || !t.Active()
+		}
 		for key, done := range r.attempts {
-			if t := s.Tasks[key.task]; done && (t == nil || t.Attempt != key.attempt || !t.Active()) {
+			if done && gone(key) {
 				delete(r.attempts, key)
 			}
 		}
+		for key := range r.signalled {
+			if gone(key) {
+				delete(r.signalled, key)
+			}
+		}
 		for _, t := range s.ActiveTasks() {
-			key := attemptKey{t.ID, t.Attempt}
-			if _, ok := r.attempts[key]; ok || (r.cfg.Owns != nil && !r.cfg.Owns(t.NodeID)) {
-				continue
-			}
 			n := s.Nodes[t.NodeID]
-			if n == nil {
+			if n == nil || (r.cfg.Owns != nil && !r.cfg.Owns(t.NodeID)) {
 				continue
 			}
-			r.attempts[key] = false
-			jobs = append(jobs, r.newJob(t, n))
+			key := attemptKey{t.ID, t.Attempt}
+			if _, ok := r.attempts[key]; !ok {
+				r.attempts[key] = false
+				jobs = append(jobs, r.newJob(t, n))
+			}
+			kill := t.KillRequested == t.Attempt
+			if (kill || t.CancelRequested) && t.Status == projections.TaskStarted && !r.signalled[key] {
+				r.signalled[key] = true
+				signals = append(signals, signal{key: key, node: runtime.Node{ID: n.ID, Hostname: n.Hostname}, name: t.ContainerName, kill: kill})
+			}
 		}
 	})
-	return jobs
+	return jobs, signals
+}
+
+// signal kills or stops an attempt's container; its exit is then reported
+// by the attempt's goroutine like any other.
+func (r *Runner) signal(ctx context.Context, s signal) {
+	rt, ok := r.cfg.Runtimes.For(s.node.Hostname)
+	if !ok {
+		return
+	}
+	var err error
+	if s.kill {
+		err = rt.Kill(ctx, s.node, s.name)
+	} else {
+		err = rt.Stop(ctx, s.node, s.name, r.cfg.StopGrace)
+	}
+	if err != nil && ctx.Err() == nil {
+		r.log.WarnContext(ctx, "signalling container", slog.String("container", s.name), slog.Bool("kill", s.kill), slog.Any("error", err))
+	}
 }
 
 func (r *Runner) newJob(t *projections.Task, n *projections.Node) job {

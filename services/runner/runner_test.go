@@ -82,7 +82,7 @@ func (b *bundle) startRunner(t *testing.T) context.CancelFunc {
 	t.Helper()
 	r, err := runner.New(runner.Config{
 		Replica: b.replica, Writer: b.writer, JetStream: b.srv.JS,
-		Runtimes: runtime.Set{b.rt}, BrokerID: b.broker, RetryDelay: 100 * time.Millisecond,
+		Runtimes: runtime.Set{b.rt}, BrokerID: b.broker, RetryDelay: 100 * time.Millisecond, StopGrace: 2 * time.Second,
 	})
 	require.NoError(t, err)
 	return run(t, r.Run)
@@ -208,6 +208,42 @@ func TestRunner(t *testing.T) {
 		task := b.waitTask(t, id, ended)
 		require.Equal(t, new(-1), task.ExitCode)
 		require.Contains(t, task.Error, "is missing on node")
+	})
+
+	t.Run("KillRequestKillsTheContainer", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.startRunner(t)
+		id, _ := b.reserve(t, "sleep 60")
+		b.waitTask(t, id, func(tk *projections.Task) bool { return tk.Status == projections.TaskStarted })
+		b.propose(t, &events.KillRequested{TaskID: id, Attempt: 1})
+		task := b.waitTask(t, id, ended)
+		require.Equal(t, new(137), task.ExitCode, "SIGKILL")
+	})
+
+	t.Run("CancelStopsTheContainerWithSIGTERMFirst", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.startRunner(t)
+		id, _ := b.reserve(t, "trap 'echo got TERM; exit 143' TERM; while true; do sleep 0.1; done")
+		b.waitTask(t, id, func(tk *projections.Task) bool { return tk.Status == projections.TaskStarted })
+		b.propose(t, &events.CancelRequested{TaskID: id})
+		task := b.waitTask(t, id, ended)
+		require.Equal(t, new(143), task.ExitCode, "the task handled SIGTERM")
+		logs, err := (&runner.LogReader{Replica: b.replica, JS: b.srv.JS, Runtimes: runtime.Set{b.rt}}).TaskLogs(t.Context(), id)
+		require.NoError(t, err)
+		require.Equal(t, "got TERM\n", string(logs))
+	})
+
+	t.Run("CancelKillsAContainerThatIgnoresSIGTERMAfterTheGrace", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.startRunner(t)
+		id, _ := b.reserve(t, "sleep 60")
+		b.waitTask(t, id, func(tk *projections.Task) bool { return tk.Status == projections.TaskStarted })
+		b.propose(t, &events.CancelRequested{TaskID: id})
+		task := b.waitTask(t, id, ended)
+		require.Equal(t, new(137), task.ExitCode, "sh as PID 1 ignores SIGTERM; SIGKILL follows the grace")
 	})
 
 	t.Run("UnknownMountFailsTheStart", func(t *testing.T) {

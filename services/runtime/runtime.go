@@ -84,6 +84,12 @@ type Runtime interface {
 	// Remove removes the container, killing it if it runs. A missing
 	// container is not an error.
 	Remove(ctx context.Context, node Node, name string) error
+	// Kill sends SIGKILL to the container. A container that does not run is
+	// not an error.
+	Kill(ctx context.Context, node Node, name string) error
+	// Stop sends SIGTERM to the container, then SIGKILL after grace. A
+	// container that does not run is not an error.
+	Stop(ctx context.Context, node Node, name string, grace time.Duration) error
 }
 
 // Set picks the runtime for a node among several.

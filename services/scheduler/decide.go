@@ -18,6 +18,10 @@ type Policy struct {
 	// RetryDelay returns the pause before the next attempt of a task whose
 	// attempt number attempt failed. Nil means retry at once, as the seed.
 	RetryDelay func(taskID string, attempt int) time.Duration
+	// FailedTimeout is how long a task may stay failed before the scheduler
+	// marks it as error, as the seed's timeout_tasks_after_hours (20 h). Zero
+	// disables it.
+	FailedTimeout time.Duration
 }
 
 // Decide returns the scheduler's proposals for the state at time now, and
@@ -31,16 +35,72 @@ type Policy struct {
 //     task that is due, on the schedulable node with the lowest busy share of
 //     that type; ties go to the node whose name sorts first. A type whose
 //     slots are all busy stops there: no task overtakes the one in front.
+//   - a cancelled decision for every task being cancelled that is waiting;
+//   - marked_as_error for every task failed for longer than FailedTimeout.
 func Decide(s *projections.State, now time.Time, policy Policy) ([]actor.Proposal, time.Time) {
 	ps := decideOutcomes(s, now, policy)
-	reservations, wake := decideReservations(s, now)
-	return append(ps, reservations...), wake
+	ps = append(ps, decideCancels(s)...)
+	timeouts, wake := decideFailedTimeouts(s, now, policy.FailedTimeout)
+	ps = append(ps, timeouts...)
+	reservations, wakeRetry := decideReservations(s, now)
+	return append(ps, reservations...), earliest(wake, wakeRetry)
+}
+
+// earliest returns the earlier of two wake times; zero means none.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
+}
+
+func proposal(t *projections.Task, p events.Payload) actor.Proposal {
+	return actor.Proposal{
+		Key: actor.TaskKey(t.ID, t.Attempt, p.EventType()), Payload: p,
+		CorrelationID: t.CorrelationID, CausationID: t.LastEventID,
+	}
+}
+
+// decideCancels cancels the waiting tasks whose cancel was requested; a
+// running one is cancelled once its stopped attempt has ended.
+func decideCancels(s *projections.State) []actor.Proposal {
+	var ps []actor.Proposal
+	for _, t := range s.CancellingTasks() {
+		if t.Queued() {
+			ps = append(ps, proposal(t, &events.TaskCancelled{TaskID: t.ID, Attempt: t.Attempt}))
+		}
+	}
+	return ps
+}
+
+// decideFailedTimeouts marks as error the tasks failed for longer than
+// timeout, whether or not they ever started (the seed skipped those).
+func decideFailedTimeouts(s *projections.State, now time.Time, timeout time.Duration) ([]actor.Proposal, time.Time) {
+	if timeout <= 0 {
+		return nil, time.Time{}
+	}
+	var (
+		ps   []actor.Proposal
+		wake time.Time
+	)
+	for _, t := range s.FailedTasks() {
+		due := t.EndedAt.Add(timeout)
+		if due.After(now) {
+			wake = earliest(wake, due)
+			continue
+		}
+		ps = append(ps, proposal(t, &events.MarkedAsError{
+			TaskID: t.ID,
+			Reason: fmt.Sprintf("This task was automatically marked as error: it had failed for more than %s.", timeout),
+		}))
+	}
+	return ps, wake
 }
 
 func decideOutcomes(s *projections.State, now time.Time, policy Policy) []actor.Proposal {
 	var ps []actor.Proposal
 	for _, t := range s.AwaitingDecision() {
-		p := actor.Proposal{CorrelationID: t.CorrelationID, CausationID: t.LastEventID}
+		var payload events.Payload
 		cause, msg, code := events.CauseExitCode, t.Error, copyCode(t.ExitCode)
 		if t.StartFailed {
 			cause = events.CauseStartError
@@ -49,7 +109,9 @@ func decideOutcomes(s *projections.State, now time.Time, policy Policy) []actor.
 		}
 		switch {
 		case !t.StartFailed && t.ExitCode != nil && *t.ExitCode == 0:
-			p.Payload = &events.TaskCompleted{TaskID: t.ID, Attempt: t.Attempt, ExitCode: 0}
+			payload = &events.TaskCompleted{TaskID: t.ID, Attempt: t.Attempt, ExitCode: 0}
+		case t.CancelRequested:
+			payload = &events.TaskCancelled{TaskID: t.ID, Attempt: t.Attempt}
 		case t.TryCount < t.MaxRetries:
 			var notBefore time.Time
 			if policy.RetryDelay != nil {
@@ -57,15 +119,14 @@ func decideOutcomes(s *projections.State, now time.Time, policy Policy) []actor.
 					notBefore = events.Time(now.Add(d))
 				}
 			}
-			p.Payload = &events.TaskRetrying{
+			payload = &events.TaskRetrying{
 				TaskID: t.ID, Attempt: t.Attempt, NextAttempt: t.Attempt + 1,
 				NotBefore: notBefore, Cause: cause, Error: msg, ExitCode: code,
 			}
 		default:
-			p.Payload = &events.TaskFailed{TaskID: t.ID, Attempt: t.Attempt, Cause: cause, Error: msg, ExitCode: code}
+			payload = &events.TaskFailed{TaskID: t.ID, Attempt: t.Attempt, Cause: cause, Error: msg, ExitCode: code}
 		}
-		p.Key = actor.TaskKey(t.ID, t.Attempt, p.Payload.EventType())
-		ps = append(ps, p)
+		ps = append(ps, proposal(t, payload))
 	}
 	return ps
 }
@@ -97,10 +158,11 @@ func decideReservations(s *projections.State, now time.Time) ([]actor.Proposal, 
 	for _, typ := range s.QueuedTypes() {
 		cands := candidates(nodes, typ)
 		for _, t := range s.Queue(typ) {
+			if t.CancelRequested {
+				continue // decideCancels takes it out of the queue
+			}
 			if t.NotBefore.After(now) {
-				if wake.IsZero() || t.NotBefore.Before(wake) {
-					wake = t.NotBefore
-				}
+				wake = earliest(wake, t.NotBefore)
 				continue
 			}
 			c := leastBusy(cands)

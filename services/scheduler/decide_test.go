@@ -284,3 +284,81 @@ func TestDecideProperties(t *testing.T) {
 		}
 	})
 }
+
+func TestDecideCancelsAndTimeouts(t *testing.T) {
+	t.Parallel()
+	pool := nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1})
+
+	t.Run("AWaitingCancelIsCancelledAndDoesNotBlockTheQueue", func(t *testing.T) {
+		t.Parallel()
+		s := fold(t, concat(pool, []events.Payload{submit("t1", "cpu"), submit("t2", "cpu"), &events.CancelRequested{TaskID: "t1"}})...)
+		ps, _ := Decide(s, now, Policy{})
+		require.Equal(t, []string{"t2@n1/cpu-1#1"}, reservations(ps))
+		require.Contains(t, payloads(ps), events.Payload(&events.TaskCancelled{TaskID: "t1", Attempt: 0}))
+		for _, p := range ps {
+			apply(t, s, p.Payload)
+		}
+		require.Equal(t, projections.TaskCancelled, s.Tasks["t1"].Status)
+	})
+
+	t.Run("AStoppedAttemptIsCancelledNotRetried", func(t *testing.T) {
+		t.Parallel()
+		s := fold(t, concat(pool, []events.Payload{
+			submit("t1", "cpu"),
+			&events.SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
+			&events.ContainerStarted{TaskID: "t1", Attempt: 1, NodeID: "n1"},
+			&events.CancelRequested{TaskID: "t1"},
+			&events.ContainerExited{TaskID: "t1", Attempt: 1, NodeID: "n1", ExitCode: 143},
+		})...)
+		ps, _ := Decide(s, now, Policy{})
+		require.Equal(t, []events.Payload{&events.TaskCancelled{TaskID: "t1", Attempt: 1}}, payloads(ps))
+	})
+
+	t.Run("AnAttemptThatSucceededBeforeTheStopCompletes", func(t *testing.T) {
+		t.Parallel()
+		s := fold(t, concat(pool, []events.Payload{
+			submit("t1", "cpu"),
+			&events.SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
+			&events.ContainerStarted{TaskID: "t1", Attempt: 1, NodeID: "n1"},
+			&events.CancelRequested{TaskID: "t1"},
+			&events.ContainerExited{TaskID: "t1", Attempt: 1, NodeID: "n1", ExitCode: 0},
+		})...)
+		ps, _ := Decide(s, now, Policy{})
+		require.Equal(t, []events.Payload{&events.TaskCompleted{TaskID: "t1", Attempt: 1}}, payloads(ps))
+	})
+
+	t.Run("FailedTasksTimeOutToErrorEvenIfTheyNeverStarted", func(t *testing.T) {
+		t.Parallel()
+		s := projections.NewState()
+		for _, p := range concat(pool, []events.Payload{
+			&events.TaskSubmitted{TaskID: "t1", ExecutionType: "cpu", MaxRetries: 0},
+			&events.SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
+			&events.StartFailed{TaskID: "t1", Attempt: 1, NodeID: "n1", Error: "no such image"},
+		}) {
+			apply(t, s, p)
+		}
+		env, err := events.New("f", &events.TaskFailed{TaskID: "t1", Attempt: 1}, events.Meta{Time: now})
+		require.NoError(t, err)
+		require.True(t, s.Apply(env).Accepted)
+		policy := Policy{FailedTimeout: 20 * time.Hour}
+		ps, wake := Decide(s, now.Add(19*time.Hour), policy)
+		require.Empty(t, ps)
+		require.Equal(t, now.Add(20*time.Hour), wake)
+		ps, _ = Decide(s, now.Add(20*time.Hour), policy)
+		require.Len(t, ps, 1)
+		mark, ok := ps[0].Payload.(*events.MarkedAsError)
+		require.True(t, ok)
+		require.Contains(t, mark.Reason, "failed for more than 20h0m0s")
+		apply(t, s, mark)
+		require.Equal(t, projections.TaskError, s.Tasks["t1"].Status)
+		require.Contains(t, s.Tasks["t1"].Error, "no such image")
+	})
+}
+
+func payloads(ps []actor.Proposal) []events.Payload {
+	out := make([]events.Payload, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.Payload)
+	}
+	return out
+}
