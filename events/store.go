@@ -16,6 +16,9 @@ const (
 	BucketTasks = "cb_tasks"
 	// BucketNodes holds one JSON view per node, keyed by node id.
 	BucketNodes = "cb_nodes"
+	// BucketIdempotency holds the answers to requests sent with an
+	// X-Idempotency-Key, for IdempotencyTTL.
+	BucketIdempotency = "cb_idempotency"
 	// BucketMeta holds bookkeeping such as the projector's last applied
 	// sequence (key KeyProjectorSeq).
 	BucketMeta = "cb_meta"
@@ -33,6 +36,10 @@ const (
 
 // DuplicateWindow is how long JetStream remembers a Nats-Msg-Id.
 const DuplicateWindow = 2 * time.Minute
+
+// IdempotencyTTL is how long an X-Idempotency-Key's answer is replayed, as
+// the seed's idempotent-request middleware: one day.
+const IdempotencyTTL = 24 * time.Hour
 
 // StreamConfig returns the definition of the event stream: file storage, no
 // size or age limits (an audit log does not silently drop history), new
@@ -67,10 +74,13 @@ func KeyValueConfigs(replicas int) []jetstream.KeyValueConfig {
 			Replicas:    max(replicas, 1),
 		}
 	}
+	idem := mk(BucketIdempotency, "answers to requests with an X-Idempotency-Key")
+	idem.TTL = IdempotencyTTL
 	return []jetstream.KeyValueConfig{
 		mk(BucketTasks, "task views projected from "+StreamName),
 		mk(BucketNodes, "node views projected from "+StreamName),
 		mk(BucketMeta, "projection bookkeeping"),
+		idem,
 	}
 }
 

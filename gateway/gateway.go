@@ -87,19 +87,42 @@ func New(cfg Config) (*Gateway, error) {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = g.handleError
-	e.Use(middleware.Recover(), middleware.BodyLimit(cfg.BodyLimit), middleware.RequestID())
+	e.Use(middleware.Recover(), middleware.BodyLimit(cfg.BodyLimit), middleware.RequestID(), g.idempotency)
 	g.routes(e)
 	g.echo = e
 	return g, nil
 }
 
 func (g *Gateway) routes(e *echo.Echo) {
+	e.GET("/tasks", g.listTasksPage)
 	e.POST("/tasks", g.createTask)
+	e.GET("/tasks/healthcheck", g.tasksHealthcheck)
+	e.DELETE("/tasks/errors", g.deleteErrors)
 	e.GET("/tasks/:uuid", g.showTask)
 	e.GET("/tasks/:uuid/logs", g.taskLogs)
+	e.PUT("/tasks/:uuid/mark_as_error", g.markAsError)
+	e.POST("/tasks/:uuid/kill_container", g.killContainer)
+	e.POST("/tasks/:uuid/cancel", g.cancelTask)
+
 	e.GET("/nodes", g.listNodes)
 	e.POST("/nodes", g.createNode)
+	e.GET("/nodes/healthcheck", g.nodesHealthcheck)
 	e.GET("/nodes/:uuid", g.showNode)
+	e.PATCH("/nodes/:uuid", g.updateNode)
+	e.PUT("/nodes/:uuid", g.updateNode)
+	e.DELETE("/nodes/:uuid", g.deleteNode)
+	e.POST("/nodes/:uuid/accept_new_tasks", g.setAcceptance(true))
+	e.POST("/nodes/:uuid/reject_new_tasks", g.setAcceptance(false))
+	e.POST("/nodes/:uuid/kill_containers", g.killContainers)
+
+	e.GET("/status", g.statusPool)
+	e.GET("/status/nodes", g.statusNodes)
+	e.GET("/status/tasks", g.statusTasks)
+	e.GET("/status/tags", g.statusTags)
+	e.GET("/status/tag_values", g.statusTagValues)
+	e.GET("/status/task_statuses", g.statusTaskStatuses)
+	e.POST("/status/retry_task/:uuid", g.retryTask)
+	e.GET("/healthcheck", g.healthcheck)
 }
 
 // Handler returns the gateway as an http.Handler.
@@ -226,8 +249,11 @@ func (g *Gateway) propose(c echo.Context, key string, p events.Payload) (project
 	wctx, cancel := context.WithTimeout(ctx, g.cfg.ApplyTimeout)
 	defer cancel()
 	out, err := g.cfg.Replica.WaitSeq(wctx, ack.Seq)
-	if err != nil {
+	if err != nil && wctx.Err() != nil {
 		return projections.Outcome{}, nil, errorf(http.StatusServiceUnavailable, "%s for %s was stored but not applied in time: %v", env.Type, env.AggregateID, err)
+	}
+	if err != nil { // a duplicate key whose first outcome is forgotten
+		return projections.Outcome{}, nil, errorf(http.StatusConflict, "%s for %s was already stored; its outcome is no longer known: %v", env.Type, env.AggregateID, err)
 	}
 	own := projections.NewState()
 	own.Apply(env)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -56,17 +57,37 @@ func setup(t *testing.T) *bundle {
 
 func (b *bundle) do(t *testing.T, method, path, body string) (int, []byte) {
 	t.Helper()
+	resp, out := b.doWith(t, method, path, body, nil)
+	return resp.StatusCode, out
+}
+
+// doWith sends a request with extra headers. Every answer is JSON, or empty
+// (the seed's bare 200s).
+// answered is a response's status and headers; its body is read and closed.
+type answered struct {
+	StatusCode int
+	Header     http.Header
+}
+
+func (b *bundle) doWith(t *testing.T, method, path, body string, headers map[string]string) (answered, []byte) {
+	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), method, b.http.URL+path, bytes.NewBufferString(body))
 	require.NoError(t, err)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Request-Id", "req-1")
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	out, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
-	require.Equal(t, "application/json", resp.Header.Get("Content-Type")[:16], "every answer is JSON: %s", out)
-	return resp.StatusCode, out
+	if len(out) > 0 {
+		require.True(t, strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json"), "every answer is JSON: %s", out)
+		require.True(t, json.Valid(out), "valid JSON: %s", out)
+	}
+	return answered{StatusCode: resp.StatusCode, Header: resp.Header}, out
 }
 
 func keys(t *testing.T, body []byte) []string {

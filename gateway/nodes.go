@@ -4,7 +4,6 @@ import (
 	"maps"
 	"net/http"
 
-	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 
 	"github.com/cbroker/broker/events"
@@ -80,7 +79,7 @@ func (g *Gateway) createNode(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	id := uuid.NewString()
+	id := newID(c, "node")
 	p := &events.NodeRegistered{
 		NodeID: id, Hostname: req.Hostname, Slots: req.Slots, RunnerProvider: "docker",
 		RegisteredAt: events.Time(g.cfg.Now()),

@@ -267,6 +267,21 @@ func parseNodeRequest(body []byte, checkHostname func(string) error) (nodeReques
 	return req, nil
 }
 
+// parseSlotsRequest validates a PATCH/PUT /nodes/:uuid body: only the slot
+// map counts; hostname is ignored, as in the seed.
+func parseSlotsRequest(body []byte) (map[string]int, error) {
+	f, err := parseObject(body, "node")
+	if err != nil {
+		return nil, err
+	}
+	errs := validationError{}
+	slots := parseSlots(f.object("slots_execution_types", errs), errs)
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return slots, nil
+}
+
 // parseSlots checks {"<execution type>": <count>}; counts may be numbers or
 // numeric strings (the seed's form parameters send strings).
 func parseSlots(obj fields, errs validationError) map[string]int {

@@ -5,7 +5,6 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 
 	"github.com/cbroker/broker/events"
@@ -75,7 +74,7 @@ func (g *Gateway) createTask(c echo.Context) error {
 		tags[k] = v
 	}
 	tags["request_id"] = requestID(c)
-	id := uuid.NewString()
+	id := newID(c, "task")
 	p := &events.TaskSubmitted{
 		TaskID: id, Name: req.Name, Image: req.Image, Cmd: req.Cmd, ExecutionType: req.ExecutionType,
 		StorageMounts: req.StorageMounts, Tags: tags, PersistLogs: req.PersistLogs,
@@ -84,6 +83,14 @@ func (g *Gateway) createTask(c echo.Context) error {
 	out, own, err := g.propose(c, "task:"+id+":submitted", p)
 	if err != nil {
 		return err
+	}
+	if out.Code == projections.CodeExists {
+		// The idempotency key's task exists (its stored answer expired).
+		v, err := g.taskView(id)
+		if err != nil {
+			return err
+		}
+		return c.JSON(http.StatusOK, newTaskJSON(v))
 	}
 	if !out.Accepted {
 		return errorf(http.StatusConflict, "task not accepted: %s", out.Reason)

@@ -1,0 +1,171 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cbroker/broker/events"
+)
+
+// HeaderIdempotencyKey is the seed's idempotency header.
+const HeaderIdempotencyKey = "X-Idempotency-Key"
+
+// pendingTimeout is how long a request with an idempotency key may be in
+// progress before a retry of it takes over (its broker may have died).
+const pendingTimeout = time.Minute
+
+const ctxIdempotencyKey = "cb.idempotency_key"
+
+// idempotencyKey returns the hashed X-Idempotency-Key of the request, or "".
+func idempotencyKey(c echo.Context) string {
+	k, _ := c.Get(ctxIdempotencyKey).(string)
+	return k
+}
+
+// newID returns the id of a task or node a request creates: derived from
+// its idempotency key, so that the key never creates a second one, even
+// after its stored answer is gone; random otherwise.
+func newID(c echo.Context, kind string) string {
+	if k := idempotencyKey(c); k != "" {
+		return uuid.NewSHA1(uuid.NameSpaceOID, []byte("cbroker-"+kind+":"+k)).String()
+	}
+	return uuid.NewString()
+}
+
+// answer is what the idempotency bucket keeps of a request.
+type answer struct {
+	State       string    `json:"state"` // pending | done
+	Method      string    `json:"method"`
+	Path        string    `json:"path"`
+	StartedAt   time.Time `json:"started_at"`
+	Status      int       `json:"status,omitempty"`
+	ContentType string    `json:"content_type,omitempty"`
+	Body        []byte    `json:"body,omitempty"`
+}
+
+// idempotency replays the first answer to a request with the same
+// X-Idempotency-Key for a day (any non-GET route), answers 409 while the
+// first is still in progress, and 422 when the key was used for another
+// route. Answers of 5xx are not kept, so the request can be retried.
+// Unlike the seed, 4xx answers are kept and replayed too, instead of
+// locking the key until it expires.
+func (g *Gateway) idempotency(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		raw := c.Request().Header.Get(HeaderIdempotencyKey)
+		if raw == "" || c.Request().Method == http.MethodGet || c.Request().Method == http.MethodHead {
+			return next(c)
+		}
+		sum := sha256.Sum256([]byte(raw))
+		key := hex.EncodeToString(sum[:])
+		ctx := c.Request().Context()
+		kv, err := g.cfg.JetStream.KeyValue(ctx, events.BucketIdempotency)
+		if err != nil {
+			return errorf(http.StatusServiceUnavailable, "idempotency store: %v", err)
+		}
+		mine := answer{State: "pending", Method: c.Request().Method, Path: c.Request().URL.Path, StartedAt: g.cfg.Now().UTC()}
+		if err := g.claim(c, kv, key, mine); err != nil {
+			var replayed replayedError
+			if errors.As(err, &replayed) {
+				return replayed.err
+			}
+			return err
+		}
+		c.Set(ctxIdempotencyKey, key)
+		rec := &recorder{ResponseWriter: c.Response().Writer, status: http.StatusOK}
+		c.Response().Writer = rec
+		herr := next(c)
+		if herr != nil {
+			g.echo.HTTPErrorHandler(herr, c)
+		}
+		// Finish with a context of its own: the answer is sent already.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if rec.status >= 500 {
+			_ = kv.Delete(fctx, key)
+			return nil
+		}
+		done := mine
+		done.State, done.Status, done.ContentType, done.Body = "done", rec.status, rec.Header().Get(echo.HeaderContentType), rec.body.Bytes()
+		b, _ := json.Marshal(done)
+		if _, err := kv.Put(fctx, key, b); err != nil {
+			g.log.WarnContext(fctx, "storing an idempotent answer", slog.Any("error", err))
+		}
+		return nil
+	}
+}
+
+// claim records that the request is in progress, or answers for it: the
+// stored answer, or 409 while another request with the key runs.
+func (g *Gateway) claim(c echo.Context, kv jetstream.KeyValue, key string, mine answer) error {
+	ctx := c.Request().Context()
+	b, _ := json.Marshal(mine)
+	for range 3 {
+		_, err := kv.Create(ctx, key, b)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return errorf(http.StatusServiceUnavailable, "idempotency store: %v", err)
+		}
+		e, err := kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // gone in between: try again
+		}
+		if err != nil {
+			return errorf(http.StatusServiceUnavailable, "idempotency store: %v", err)
+		}
+		var prev answer
+		if err := json.Unmarshal(e.Value(), &prev); err != nil {
+			return errorf(http.StatusInternalServerError, "idempotency store holds a malformed answer: %v", err)
+		}
+		switch {
+		case prev.Method != mine.Method || prev.Path != mine.Path:
+			return errorf(http.StatusUnprocessableEntity, "%s was already used for %s %s", HeaderIdempotencyKey, prev.Method, prev.Path)
+		case prev.State == "done":
+			c.Response().Header().Set("Idempotent-Replayed", "true")
+			return replayedError{c.Blob(prev.Status, prev.ContentType, prev.Body)}
+		case mine.StartedAt.Sub(prev.StartedAt) < pendingTimeout:
+			return errorf(http.StatusConflict, "a request with this %s is in progress; retry later", HeaderIdempotencyKey)
+		}
+		// The first request has been in progress for too long: its broker
+		// died. Take over; the events it may have appended carry keys derived
+		// from the same idempotency key, so nothing is appended twice.
+		if _, err := kv.Update(ctx, key, b, e.Revision()); err == nil {
+			return nil
+		}
+	}
+	return errorf(http.StatusConflict, "a request with this %s is in progress; retry later", HeaderIdempotencyKey)
+}
+
+// replayedError ends a request whose stored answer was sent.
+type replayedError struct{ err error }
+
+func (e replayedError) Error() string { return "answer replayed" }
+
+// recorder keeps a copy of what a handler wrote.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	body   bytes.Buffer
+}
+
+func (r *recorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	r.body.Write(b)
+	return r.ResponseWriter.Write(b)
+}
