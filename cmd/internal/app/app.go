@@ -73,6 +73,12 @@ type Config struct {
 	Runtimes runtime.Set
 	// HealthInterval and HealthGrace tune the node health monitor.
 	HealthInterval, HealthGrace time.Duration
+	// StopGrace is how long a cancelled task's container has between SIGTERM
+	// and SIGKILL. Defaults to 10s.
+	StopGrace time.Duration
+	// FailedTimeout is how long a task stays failed before it is marked as
+	// error. Defaults to 20h, as the seed; negative disables it.
+	FailedTimeout time.Duration
 	// Instance names this process in the actor field of its events.
 	// Defaults to the host name and process id.
 	Instance string
@@ -96,6 +102,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.FailedTimeout == 0 {
+		c.FailedTimeout = 20 * time.Hour
 	}
 	return c
 }
@@ -317,13 +326,16 @@ func (a *App) components(ctx context.Context) (map[string]func(context.Context) 
 	if err != nil {
 		return nil, err
 	}
-	sched, err := scheduler.New(scheduler.Config{Replica: a.Replica, Writer: a.writer("scheduler"), Logger: a.log})
+	sched, err := scheduler.New(scheduler.Config{
+		Replica: a.Replica, Writer: a.writer("scheduler"), Logger: a.log,
+		Policy: scheduler.Policy{FailedTimeout: max(a.cfg.FailedTimeout, 0)},
+	})
 	if err != nil {
 		return nil, err
 	}
 	run, err := runner.New(runner.Config{
 		Replica: a.Replica, Writer: a.writer("runner"), JetStream: a.js,
-		Runtimes: a.cfg.Runtimes, BrokerID: a.BrokerID, Mounts: a.cfg.Mounts, Logger: a.log,
+		Runtimes: a.cfg.Runtimes, BrokerID: a.BrokerID, Mounts: a.cfg.Mounts, Logger: a.log, StopGrace: a.cfg.StopGrace,
 	})
 	if err != nil {
 		return nil, err

@@ -34,12 +34,16 @@ type broker struct {
 }
 
 // startBroker runs a broker on dataDir until stop is called or the test ends.
-func startBroker(t *testing.T, dataDir string) *broker {
+func startBroker(t *testing.T, dataDir string, opts ...func(*app.Config)) *broker {
 	t.Helper()
-	a, err := app.New(t.Context(), app.Config{
+	cfg := app.Config{
 		Listen: "127.0.0.1:0", DataDir: dataDir, NATSListen: "none", LocalNode: app.LocalNodeFalse,
-		HealthInterval: 200 * time.Millisecond, Instance: "test",
-	})
+		HealthInterval: 200 * time.Millisecond, Instance: "test", StopGrace: 2 * time.Second,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	a, err := app.New(t.Context(), cfg)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -173,10 +177,10 @@ func parseTime(t *testing.T, s *string) time.Time {
 	return at
 }
 
-func setup(t *testing.T, engines int) (*broker, []dockertest.Engine) {
+func setup(t *testing.T, engines int, opts ...func(*app.Config)) (*broker, []dockertest.Engine) {
 	t.Helper()
 	es := dockertest.Engines(t, engines)
-	b := startBroker(t, t.TempDir())
+	b := startBroker(t, t.TempDir(), opts...)
 	dockertest.CleanupBroker(t, es, b.app.BrokerID)
 	return b, es
 }
