@@ -111,8 +111,8 @@ func (g *Gateway) routes(e *echo.Echo) {
 	e.PATCH("/nodes/:uuid", g.updateNode)
 	e.PUT("/nodes/:uuid", g.updateNode)
 	e.DELETE("/nodes/:uuid", g.deleteNode)
-	e.POST("/nodes/:uuid/accept_new_tasks", g.setAcceptance(true))
-	e.POST("/nodes/:uuid/reject_new_tasks", g.setAcceptance(false))
+	e.POST("/nodes/:uuid/accept_new_tasks", g.acceptNewTasks)
+	e.POST("/nodes/:uuid/reject_new_tasks", g.rejectNewTasks)
 	e.POST("/nodes/:uuid/kill_containers", g.killContainers)
 
 	e.GET("/status", g.statusPool)

@@ -64,15 +64,18 @@ func (g *Gateway) deleteNode(c echo.Context) error {
 	return c.NoContent(http.StatusOK)
 }
 
-// setAcceptance handles POST /nodes/:uuid/accept_new_tasks and
-// reject_new_tasks (drain: running tasks finish, no new ones start there).
-func (g *Gateway) setAcceptance(accept bool) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		if _, _, err := g.nodeRequest(c, &events.NodeAcceptanceChanged{NodeID: c.Param("uuid"), Accept: accept}); err != nil {
-			return err
-		}
-		return c.NoContent(http.StatusOK)
+// acceptNewTasks handles POST /nodes/:uuid/accept_new_tasks (ends a drain).
+func (g *Gateway) acceptNewTasks(c echo.Context) error { return g.setAcceptance(c, true) }
+
+// rejectNewTasks handles POST /nodes/:uuid/reject_new_tasks (drain: running
+// tasks finish, no new ones start there).
+func (g *Gateway) rejectNewTasks(c echo.Context) error { return g.setAcceptance(c, false) }
+
+func (g *Gateway) setAcceptance(c echo.Context, accept bool) error {
+	if _, _, err := g.nodeRequest(c, &events.NodeAcceptanceChanged{NodeID: c.Param("uuid"), Accept: accept}); err != nil {
+		return err
 	}
+	return c.NoContent(http.StatusOK)
 }
 
 // killContainers handles POST /nodes/:uuid/kill_containers: the containers
