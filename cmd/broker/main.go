@@ -36,6 +36,7 @@ type serveCmd struct {
 	StorageMount   map[string]string `name:"storage-mount" env:"BROKER_STORAGE_MOUNTS" mapsep:"," help:"Storage mount tasks may use, name=/host/path (repeatable)."`
 	HealthInterval time.Duration     `name:"health-interval" default:"1s" env:"BROKER_HEALTH_INTERVAL" help:"Interval of the nodes' health probes."`
 	HealthGrace    time.Duration     `name:"health-grace" default:"5s" env:"BROKER_HEALTH_GRACE" help:"How long a node may fail its probes before it is declared down."`
+	DockerCertPath string            `name:"docker-cert-path" env:"BROKER_DOCKER_CERT_PATH,DOCKER_CERT_PATH" help:"Directory with ca.pem, cert.pem and key.pem: the broker's client certificate for https:// nodes (Docker's TLS on 2376)."`
 	StopGrace      time.Duration     `name:"stop-grace" default:"10s" env:"BROKER_STOP_GRACE" help:"Time a cancelled task's container has between SIGTERM and SIGKILL."`
 	FailedTimeout  time.Duration     `name:"failed-timeout" default:"20h" env:"BROKER_FAILED_TIMEOUT" help:"How long a task stays failed before it is marked as error (the seed's timeout_tasks_after_hours); 0 disables it."`
 }
@@ -48,7 +49,7 @@ func (s *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 	a, err := app.New(ctx, app.Config{
 		Listen: s.Listen, DataDir: s.DataDir, NATSURL: s.NATSURL, NATSConfig: s.NATSConfig, NATSListen: s.NATSListen,
 		LocalNode: s.LocalNode, LocalNodeSlots: slots, Mounts: s.StorageMount,
-		HealthInterval: s.HealthInterval, HealthGrace: s.HealthGrace, StopGrace: s.StopGrace,
+		HealthInterval: s.HealthInterval, HealthGrace: s.HealthGrace, StopGrace: s.StopGrace, DockerCertPath: s.DockerCertPath,
 		FailedTimeout: failedTimeout(s.FailedTimeout), Logger: log,
 	})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -23,27 +24,37 @@ import (
 	"github.com/cbroker/broker/services/runtime"
 )
 
+// Address is where a node's Docker API is.
+type Address struct {
+	// Host is what the Docker client dials: tcp://host:port or unix:///path.
+	Host string
+	// TLS is set for https:// nodes: the broker authenticates with its client
+	// certificate (Config.CertPath) and verifies the node's.
+	TLS bool
+}
+
 // ParseHost turns a node hostname into the address the Docker client dials.
-// Accepted forms: the seed's http://host:port, tcp://host:port and
-// unix:///path/to/docker.sock.
-func ParseHost(hostname string) (string, error) {
+// Accepted forms: the seed's http://host:port, tcp://host:port,
+// unix:///path/to/docker.sock, and https://host:port (usually 2376) for an
+// engine that requires TLS client certificates.
+func ParseHost(hostname string) (Address, error) {
 	u, err := url.Parse(hostname)
 	if err != nil {
-		return "", fmt.Errorf("invalid Docker address %q: %w", hostname, err)
+		return Address{}, fmt.Errorf("invalid Docker address %q: %w", hostname, err)
 	}
 	switch u.Scheme {
 	case "unix":
 		if u.Path == "" || u.Host != "" {
-			return "", fmt.Errorf("invalid Docker address %q: want unix:///path/to/docker.sock", hostname)
+			return Address{}, fmt.Errorf("invalid Docker address %q: want unix:///path/to/docker.sock", hostname)
 		}
-		return "unix://" + u.Path, nil
-	case "tcp", "http":
-		if u.Hostname() == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") {
-			return "", fmt.Errorf("invalid Docker address %q: want %s://host:port", hostname, u.Scheme)
+		return Address{Host: "unix://" + u.Path}, nil
+	case "tcp", "http", "https":
+		if u.Hostname() == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") || u.User != nil || u.RawQuery != "" {
+			return Address{}, fmt.Errorf("invalid Docker address %q: want %s://host:port", hostname, u.Scheme)
 		}
-		return "tcp://" + u.Host, nil
+		return Address{Host: "tcp://" + u.Host, TLS: u.Scheme == "https"}, nil
 	default:
-		return "", fmt.Errorf("unsupported Docker address %q: use http://host:port, tcp://host:port or unix:///path", hostname)
+		return Address{}, fmt.Errorf("unsupported Docker address %q: use http://host:port, tcp://host:port, https://host:port (TLS) or unix:///path", hostname)
 	}
 }
 
@@ -53,6 +64,10 @@ type Config struct {
 	Logger *slog.Logger
 	// PullTimeout bounds an image pull. Defaults to 10 minutes.
 	PullTimeout time.Duration
+	// CertPath is a directory in Docker's DOCKER_CERT_PATH layout (ca.pem,
+	// cert.pem, key.pem): the CA that signed the nodes' certificates and the
+	// broker's client certificate, for https:// nodes.
+	CertPath string
 }
 
 // Runtime implements runtime.Runtime over the Docker Engine API. It keeps one
@@ -97,20 +112,29 @@ func (r *Runtime) Supports(hostname string) bool {
 
 // Client returns the Docker client of a node address.
 func (r *Runtime) Client(hostname string) (*client.Client, error) {
-	host, err := ParseHost(hostname)
+	addr, err := ParseHost(hostname)
 	if err != nil {
 		return nil, err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if c, ok := r.clients[host]; ok {
+	key := hostname // https and tcp to the same host:port are different clients
+	if c, ok := r.clients[key]; ok {
 		return c, nil
 	}
-	c, err := client.NewClientWithOpts(client.WithHost(host), client.WithAPIVersionNegotiation())
+	opts := []client.Opt{client.WithHost(addr.Host), client.WithAPIVersionNegotiation()}
+	if addr.TLS {
+		if r.cfg.CertPath == "" {
+			return nil, fmt.Errorf("node %s uses TLS, but the broker has no client certificate (--docker-cert-path)", hostname)
+		}
+		opts = append(opts, client.WithTLSClientConfig(
+			filepath.Join(r.cfg.CertPath, "ca.pem"), filepath.Join(r.cfg.CertPath, "cert.pem"), filepath.Join(r.cfg.CertPath, "key.pem")))
+	}
+	c, err := client.NewClientWithOpts(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("docker client for %s: %w", hostname, err)
 	}
-	r.clients[host] = c
+	r.clients[key] = c
 	return c, nil
 }
 

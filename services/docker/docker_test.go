@@ -17,18 +17,19 @@ import (
 
 func TestParseHost(t *testing.T) {
 	t.Parallel()
-	ok := map[string]string{
-		"http://worker1.test:2376":    "tcp://worker1.test:2376",
-		"tcp://127.0.0.1:2375":        "tcp://127.0.0.1:2375",
-		"tcp://[::1]:2375":            "tcp://[::1]:2375",
-		"unix:///var/run/docker.sock": "unix:///var/run/docker.sock",
+	ok := map[string]docker.Address{
+		"http://worker1.test:2376":    {Host: "tcp://worker1.test:2376"},
+		"tcp://127.0.0.1:2375":        {Host: "tcp://127.0.0.1:2375"},
+		"tcp://[::1]:2375":            {Host: "tcp://[::1]:2375"},
+		"https://10.0.0.5:2376":       {Host: "tcp://10.0.0.5:2376", TLS: true},
+		"unix:///var/run/docker.sock": {Host: "unix:///var/run/docker.sock"},
 	}
 	for in, want := range ok {
 		got, err := docker.ParseHost(in)
 		require.NoError(t, err, in)
 		require.Equal(t, want, got)
 	}
-	for _, in := range []string{"", "worker1:2375", "tcp://host", "unix://relative", "ftp://x:1", "http://h:1/path", "bench-noop://x", "::"} {
+	for _, in := range []string{"", "worker1:2375", "tcp://host", "unix://relative", "ftp://x:1", "http://h:1/path", "bench-noop://x", "::", "tcp://u:p@h:1", "tcp://h:1?x=1"} {
 		_, err := docker.ParseHost(in)
 		require.Error(t, err, in)
 	}
@@ -168,4 +169,41 @@ func TestRuntime(t *testing.T) {
 		defer cancel()
 		require.Error(t, rt.Ping(ctx, runtime.Node{ID: "x", Hostname: "tcp://127.0.0.1:1"}))
 	})
+}
+
+func TestTLSNode(t *testing.T) {
+	t.Parallel()
+	engine := dockertest.Engines(t, 1)[0]
+	hostname, certDir := dockertest.TLSEngine(t, engine)
+	broker := "test-" + uuid.NewString()[:8]
+	dockertest.CleanupBroker(t, []dockertest.Engine{engine}, broker)
+	node := runtime.Node{ID: "tls", Hostname: hostname}
+
+	withCerts := docker.New(docker.Config{CertPath: certDir})
+	t.Cleanup(func() { _ = withCerts.Close() })
+	require.NoError(t, withCerts.Ping(t.Context(), node))
+	id := uuid.NewString()
+	spec := runtime.Spec{TaskID: id, Attempt: 1, Name: "tls-" + id[:12] + "-a1", Image: dockertest.Image, Cmd: "echo over tls",
+		Labels: map[string]string{runtime.LabelBroker: broker, runtime.LabelTask: id, runtime.LabelAttempt: "1"}}
+	c, err := withCerts.Start(t.Context(), node, spec)
+	require.NoError(t, err)
+	exit, err := c.Wait(t.Context())
+	require.NoError(t, err)
+	require.Zero(t, exit.Code)
+	logs, _, err := withCerts.Logs(t.Context(), node, spec.Name, 1<<10)
+	require.NoError(t, err)
+	require.Equal(t, "over tls\n", string(logs))
+	require.NoError(t, withCerts.Remove(t.Context(), node, spec.Name))
+
+	without := docker.New(docker.Config{})
+	t.Cleanup(func() { _ = without.Close() })
+	require.ErrorContains(t, without.Ping(t.Context(), node), "no client certificate")
+
+	// A client certificate the node's CA did not sign is refused.
+	_, otherCerts := dockertest.TLSEngine(t, engine)
+	wrong := docker.New(docker.Config{CertPath: otherCerts})
+	t.Cleanup(func() { _ = wrong.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	require.Error(t, wrong.Ping(ctx, node))
 }

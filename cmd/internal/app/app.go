@@ -71,6 +71,8 @@ type Config struct {
 	Mounts map[string]string
 	// Runtimes run containers. Defaults to the Docker runtime.
 	Runtimes runtime.Set
+	// DockerCertPath holds ca.pem, cert.pem and key.pem for https:// nodes.
+	DockerCertPath string
 	// HealthInterval and HealthGrace tune the node health monitor.
 	HealthInterval, HealthGrace time.Duration
 	// StopGrace is how long a cancelled task's container has between SIGTERM
@@ -155,7 +157,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	}
 	a := &App{cfg: cfg, log: cfg.Logger}
 	if len(cfg.Runtimes) == 0 {
-		a.docker = docker.New(docker.Config{Logger: cfg.Logger})
+		a.docker = docker.New(docker.Config{Logger: cfg.Logger, CertPath: cfg.DockerCertPath})
 		a.cfg.Runtimes = runtime.Set{a.docker}
 	}
 	if err := a.open(ctx); err != nil {

@@ -249,6 +249,17 @@ func TestEndToEnd(t *testing.T) {
 			"second started %s before first finished %s", *d2.StartedAt, *d1.FinishedAt)
 	})
 
+	t.Run("ANodeBehindTLSWithClientCertificates", func(t *testing.T) {
+		t.Parallel()
+		engine := dockertest.Engines(t, 1)[0]
+		hostname, certs := dockertest.TLSEngine(t, engine)
+		b, _ := setup(t, 1, func(c *app.Config) { c.DockerCertPath = certs })
+		b.addNode(t, dockertest.Engine{Hostname: hostname}, map[string]int{"cpu": 1})
+		tk := b.submit(t, "over tls", dockertest.Image, "echo secure", "cpu")
+		require.Equal(t, "completed", b.waitStatus(t, tk.UUID, "completed", "failed").Status)
+		require.Equal(t, "secure\n", b.logs(t, tk.UUID))
+	})
+
 	t.Run("SpreadsOverNodesByLeastUsed", func(t *testing.T) {
 		t.Parallel()
 		b, es := setup(t, 2)
