@@ -183,8 +183,10 @@ func TestTLSNode(t *testing.T) {
 	t.Cleanup(func() { _ = withCerts.Close() })
 	require.NoError(t, withCerts.Ping(t.Context(), node))
 	id := uuid.NewString()
-	spec := runtime.Spec{TaskID: id, Attempt: 1, Name: "tls-" + id[:12] + "-a1", Image: dockertest.Image, Cmd: "echo over tls",
-		Labels: map[string]string{runtime.LabelBroker: broker, runtime.LabelTask: id, runtime.LabelAttempt: "1"}}
+	spec := runtime.Spec{
+		TaskID: id, Attempt: 1, Name: "tls-" + id[:12] + "-a1", Image: dockertest.Image, Cmd: "echo over tls",
+		Labels: map[string]string{runtime.LabelBroker: broker, runtime.LabelTask: id, runtime.LabelAttempt: "1"},
+	}
 	c, err := withCerts.Start(t.Context(), node, spec)
 	require.NoError(t, err)
 	exit, err := c.Wait(t.Context())
