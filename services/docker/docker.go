@@ -64,6 +64,10 @@ type Config struct {
 	Logger *slog.Logger
 	// PullTimeout bounds an image pull. Defaults to 10 minutes.
 	PullTimeout time.Duration
+	// StartTimeout bounds the creation and start of a container (not the
+	// pull): a node that hangs fails the attempt instead of leaving it
+	// starting for ever. Defaults to 2 minutes.
+	StartTimeout time.Duration
 	// CertPath is a directory in Docker's DOCKER_CERT_PATH layout (ca.pem,
 	// cert.pem, key.pem): the CA that signed the nodes' certificates and the
 	// broker's client certificate, for https:// nodes.
@@ -86,6 +90,9 @@ func New(cfg Config) *Runtime {
 	}
 	if cfg.PullTimeout <= 0 {
 		cfg.PullTimeout = 10 * time.Minute
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 2 * time.Minute
 	}
 	return &Runtime{cfg: cfg, log: cfg.Logger.With(slog.String("component", "docker")), clients: map[string]*client.Client{}}
 }
@@ -162,7 +169,9 @@ func (r *Runtime) Start(ctx context.Context, node runtime.Node, spec runtime.Spe
 		Entrypoint: []string{"sh", "-c", spec.Cmd},
 		Labels:     spec.Labels,
 	}
-	created, err := cli.ContainerCreate(ctx, cfg, &container.HostConfig{Binds: spec.Binds}, nil, nil, spec.Name)
+	cctx, cancel := context.WithTimeout(ctx, r.cfg.StartTimeout)
+	defer cancel()
+	created, err := cli.ContainerCreate(cctx, cfg, &container.HostConfig{Binds: spec.Binds}, nil, nil, spec.Name)
 	if cerrdefs.IsConflict(err) {
 		// The attempt was created before (a restart): adopt that container.
 		return r.attach(ctx, cli, spec, true)
@@ -174,13 +183,16 @@ func (r *Runtime) Start(ctx context.Context, node runtime.Node, spec runtime.Spe
 }
 
 // start registers the wait for the container's exit, then starts it, so that
-// a fast exit is not missed.
+// a fast exit is not missed. ctx bounds the wait; the start itself is
+// bounded by StartTimeout.
 func (r *Runtime) start(ctx context.Context, cli *client.Client, id, name string) (runtime.Container, error) {
 	waited := wait(ctx, cli, id, container.WaitConditionNextExit)
-	if err := cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+	sctx, cancel := context.WithTimeout(ctx, r.cfg.StartTimeout)
+	defer cancel()
+	if err := cli.ContainerStart(sctx, id, container.StartOptions{}); err != nil {
 		return nil, startError("starting container "+name, err)
 	}
-	info, err := cli.ContainerInspect(ctx, id)
+	info, err := cli.ContainerInspect(sctx, id)
 	if err != nil {
 		return nil, startError("inspecting container "+name, err)
 	}

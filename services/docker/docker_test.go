@@ -2,6 +2,7 @@ package docker_test
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -169,6 +170,25 @@ func TestRuntime(t *testing.T) {
 		defer cancel()
 		require.Error(t, rt.Ping(ctx, runtime.Node{ID: "x", Hostname: "tcp://127.0.0.1:1"}))
 	})
+}
+
+func TestStartTimesOutOnAHangingNode(t *testing.T) {
+	t.Parallel()
+	engine := dockertest.Engines(t, 1)[0]
+	hostname := dockertest.HangingEngine(t, engine, func(r *http.Request) bool {
+		return strings.HasSuffix(r.URL.Path, "/containers/create")
+	})
+	rt := docker.New(docker.Config{StartTimeout: time.Second})
+	t.Cleanup(func() { _ = rt.Close() })
+	node := runtime.Node{ID: "slow", Hostname: hostname}
+	require.NoError(t, rt.Ping(t.Context(), node), "the node answers its pings")
+	id := uuid.NewString()
+	start := time.Now()
+	_, err := rt.Start(t.Context(), node, runtime.Spec{TaskID: id, Attempt: 1, Name: "hang-" + id[:12] + "-a1", Image: dockertest.Image, Cmd: "true"})
+	var se *runtime.StartError
+	require.ErrorAs(t, err, &se)
+	require.True(t, se.NodeFault, "a hanging node is the node's fault")
+	require.Less(t, time.Since(start), 10*time.Second, "the attempt fails instead of starting for ever")
 }
 
 func TestTLSNode(t *testing.T) {

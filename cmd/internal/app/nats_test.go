@@ -3,7 +3,9 @@ package app_test
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -111,4 +113,43 @@ func TestEmbeddedServerFromAConfigFile(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no completed event reached the subscriber")
 	}
+}
+
+func TestIdempotencyKeySurvivesARestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cfg := app.Config{
+		Listen: "127.0.0.1:0", DataDir: dir, NATSListen: "none", LocalNode: app.LocalNodeFalse,
+		Runtimes: runtime.Set{benchnoop.Runtime{}}, Instance: "idem",
+	}
+	submit := func(b *broker) (int, string, string) {
+		t.Helper()
+		body := strings.NewReader(`{"name":"once","image":"none","cmd":"true","execution_type":"cpu"}`)
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, b.base+"/tasks", body)
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Idempotency-Key", "nightly-2026-11-27")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var tk task
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&tk))
+		return resp.StatusCode, tk.UUID, resp.Header.Get("Idempotent-Replayed")
+	}
+	a, err := app.New(t.Context(), cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	code, first, _ := submit(&broker{app: a, base: "http://" + a.Addr()})
+	require.Equal(t, http.StatusOK, code)
+	cancel()
+	require.NoError(t, <-done)
+
+	b := runApp(t, cfg)
+	code, again, replayed := submit(b)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, first, again, "the same key answers with the same task after a restart")
+	require.Equal(t, "true", replayed)
+	b.app.Replica.Read(func(s *projections.State) { require.Len(t, s.Tasks, 1) })
 }
