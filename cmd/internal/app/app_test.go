@@ -237,6 +237,22 @@ func TestEndToEnd(t *testing.T) {
 		require.Equal(t, 4, accepted(b.history(t, tk.UUID), events.TypeTaskStartFailed))
 	})
 
+	t.Run("ImageReferencesWithARegistryPort", func(t *testing.T) {
+		t.Parallel()
+		b, es := setup(t, 1)
+		b.addNode(t, es[0], map[string]int{"cpu": 1})
+		// The seed split image names on ':' and broke on registry ports.
+		local := "localhost:5999/cb-test/busybox:v1"
+		require.NoError(t, es[0].Client.ImageTag(t.Context(), dockertest.Image, local))
+		tk := b.submit(t, "with port", local, "echo ok", "cpu")
+		require.Equal(t, "completed", b.waitStatus(t, tk.UUID, "completed", "failed").Status)
+		missing := "localhost:5999/cb-test/absent:v2"
+		tk = b.submit(t, "missing with port", missing, "true", "cpu")
+		done := b.waitStatus(t, tk.UUID, "completed", "failed")
+		require.Equal(t, "failed", done.Status)
+		require.Contains(t, *done.Error, missing, "the whole reference, port included")
+	})
+
 	t.Run("OneSlotRunsTasksOneAfterTheOther", func(t *testing.T) {
 		t.Parallel()
 		b, es := setup(t, 1)
