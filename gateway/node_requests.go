@@ -26,7 +26,7 @@ func (g *Gateway) nodeRequest(c echo.Context, p events.Payload) (projections.Out
 // (hostname is ignored, as in the seed). New slots are usable at once,
 // surplus free slots go at once, surplus busy ones when they are released.
 func (g *Gateway) updateNode(c echo.Context) error {
-	body, err := readBody(c)
+	body, err := requestBody(c)
 	if err != nil {
 		return err
 	}

@@ -71,7 +71,7 @@ func (g *Gateway) showNode(c echo.Context) error {
 // createNode handles POST /nodes: 201 and the node, which stays unavailable
 // until its first successful probe.
 func (g *Gateway) createNode(c echo.Context) error {
-	body, err := readBody(c)
+	body, err := requestBody(c)
 	if err != nil {
 		return err
 	}

@@ -211,3 +211,21 @@ func FuzzParseNodeRequest(f *testing.F) {
 		}
 	})
 }
+
+func TestFormObject(t *testing.T) {
+	t.Parallel()
+	obj, err := formObject(map[string][]string{
+		"task[name]": {"n"}, "task[tags][type]": {"video"}, "task[storage_mounts][shared]": {"/data"}, "plain": {"x"},
+	})
+	require.NoError(t, err)
+	require.Equal(t, map[string]any{
+		"task":  map[string]any{"name": "n", "tags": map[string]any{"type": "video"}, "storage_mounts": map[string]any{"shared": "/data"}},
+		"plain": "x",
+	}, obj)
+	for _, bad := range []map[string][]string{
+		{"[x]": {"1"}}, {"a[": {"1"}}, {"a[]": {"1"}}, {"a[b]c": {"1"}}, {"a": {"1"}, "a[b]": {"2"}}, {"a[b][c][d][e][f]": {"1"}},
+	} {
+		_, err := formObject(bad)
+		require.Error(t, err, bad)
+	}
+}

@@ -363,3 +363,31 @@ func TestIdempotencyKeyInProgress(t *testing.T) {
 	resp, _ = b.doWith(t, http.MethodPost, "/tasks", task("x", "cpu", nil), map[string]string{HeaderIdempotencyKey: "abandoned"})
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 }
+
+func TestFormBodiesAsTheSeedAccepted(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	form := map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
+	resp, body := b.doWith(t, http.MethodPost, "/tasks",
+		"task[name]=encode&task[image]=busybox&task[cmd]=echo+hi&task[execution_type]=cpu&task[tags][type]=video&task[persist_logs]=true", form)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	var tk taskJSON
+	require.NoError(t, json.Unmarshal(body, &tk))
+	b.replica.Read(func(s *projections.State) {
+		got := s.Tasks[tk.UUID]
+		require.Equal(t, "echo hi", got.Cmd)
+		require.Equal(t, "video", got.Tags["type"])
+		require.True(t, got.PersistLogs)
+	})
+
+	resp, body = b.doWith(t, http.MethodPost, "/nodes", "node[hostname]=tcp://h:1&node[slots_execution_types][cpu]=1", form)
+	require.Equal(t, http.StatusCreated, resp.StatusCode, string(body))
+	require.Contains(t, string(body), `"slots_execution_types":{"cpu":1}`)
+
+	resp, body = b.doWith(t, http.MethodPost, "/tasks", "task[name]=x", form)
+	require.Equal(t, http.StatusUnprocessableEntity, resp.StatusCode)
+	require.Contains(t, string(body), `"image":["can't be blank"]`)
+
+	resp, _ = b.doWith(t, http.MethodPost, "/tasks", "a[=1", form)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+}

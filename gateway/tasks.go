@@ -61,7 +61,7 @@ func requestID(c echo.Context) string {
 
 // createTask handles POST /tasks: 200 and the task, as the seed.
 func (g *Gateway) createTask(c echo.Context) error {
-	body, err := readBody(c)
+	body, err := requestBody(c)
 	if err != nil {
 		return err
 	}
