@@ -9,7 +9,10 @@ type NodeRegistered struct {
 	Hostname       string         `json:"hostname"`
 	Slots          map[string]int `json:"slots"`
 	RunnerProvider string         `json:"runner_provider"`
-	RegisteredAt   time.Time      `json:"registered_at"`
+	// Mounts maps storage mount names to host paths on this node; they
+	// override the broker-wide ones and may add names.
+	Mounts       map[string]string `json:"mounts,omitempty"`
+	RegisteredAt time.Time         `json:"registered_at"`
 }
 
 // EventType implements Payload.

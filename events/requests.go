@@ -88,6 +88,9 @@ func (p *TaskDeleted) AggregateID() string { return p.TaskID }
 type NodeUpdated struct {
 	NodeID string         `json:"node_id"`
 	Slots  map[string]int `json:"slots"`
+	// Mounts, when not null, replaces the node's storage mounts ({} clears
+	// them).
+	Mounts map[string]string `json:"mounts"`
 }
 
 // EventType implements Payload.

@@ -30,12 +30,12 @@ func (g *Gateway) updateNode(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	slots, err := parseSlotsRequest(body)
+	req, err := parseNodeUpdate(body)
 	if err != nil {
 		return err
 	}
 	id := c.Param("uuid")
-	out, _, err := g.nodeRequest(c, &events.NodeUpdated{NodeID: id, Slots: slots})
+	out, _, err := g.nodeRequest(c, &events.NodeUpdated{NodeID: id, Slots: req.Slots, Mounts: req.Mounts})
 	if err != nil {
 		return err
 	}

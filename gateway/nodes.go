@@ -81,7 +81,7 @@ func (g *Gateway) createNode(c echo.Context) error {
 	}
 	id := newID(c, "node")
 	p := &events.NodeRegistered{
-		NodeID: id, Hostname: req.Hostname, Slots: req.Slots, RunnerProvider: "docker",
+		NodeID: id, Hostname: req.Hostname, Slots: req.Slots, RunnerProvider: "docker", Mounts: req.Mounts,
 		RegisteredAt: events.Time(g.cfg.Now()),
 	}
 	out, own, err := g.propose(c, "node:"+id+":registered", p)

@@ -241,10 +241,13 @@ func parseTags(obj fields, errs validationError) map[string]string {
 	return out
 }
 
-// nodeRequest is a validated POST /nodes body.
+// nodeRequest is a validated POST /nodes body, or PATCH/PUT body (whose
+// hostname is ignored).
 type nodeRequest struct {
 	Hostname string
 	Slots    map[string]int
+	// Mounts is nil when the body has no storage_mounts.
+	Mounts map[string]string
 }
 
 // parseNodeRequest validates a POST /nodes body.
@@ -261,25 +264,55 @@ func parseNodeRequest(body []byte, checkHostname func(string) error) (nodeReques
 		}
 	}
 	req.Slots = parseSlots(f.object("slots_execution_types", errs), errs)
+	req.Mounts = parseNodeMounts(f, errs)
 	if len(errs) > 0 {
 		return nodeRequest{}, errs
 	}
 	return req, nil
 }
 
-// parseSlotsRequest validates a PATCH/PUT /nodes/:uuid body: only the slot
-// map counts; hostname is ignored, as in the seed.
-func parseSlotsRequest(body []byte) (map[string]int, error) {
+// parseNodeUpdate validates a PATCH/PUT /nodes/:uuid body: the slot map,
+// and the node's storage mounts if given; hostname is ignored, as in the
+// seed.
+func parseNodeUpdate(body []byte) (nodeRequest, error) {
 	f, err := parseObject(body, "node")
 	if err != nil {
-		return nil, err
+		return nodeRequest{}, err
 	}
 	errs := validationError{}
-	slots := parseSlots(f.object("slots_execution_types", errs), errs)
+	req := nodeRequest{Slots: parseSlots(f.object("slots_execution_types", errs), errs), Mounts: parseNodeMounts(f, errs)}
 	if len(errs) > 0 {
-		return nil, errs
+		return nodeRequest{}, errs
 	}
-	return slots, nil
+	return req, nil
+}
+
+// mountNameFormat is what a storage mount name may look like.
+var mountNameFormat = regexp.MustCompile(`\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\z`)
+
+// parseNodeMounts checks a node's own {"<mount name>": "<absolute host
+// path>"}; nil when the body has none.
+func parseNodeMounts(f fields, errs validationError) map[string]string {
+	const field = "storage_mounts"
+	raw, ok := f[field]
+	if !ok || isNull(raw) {
+		return nil
+	}
+	obj := f.object(field, errs)
+	out := make(map[string]string, len(obj))
+	for _, name := range obj.sortedKeys() {
+		var path string
+		err := json.Unmarshal(obj[name], &path)
+		switch {
+		case !mountNameFormat.MatchString(name):
+			errs.add(field, "mount name "+strconv.Quote(name)+" may have letters, digits, '_', '.' and '-'")
+		case err != nil || !strings.HasPrefix(path, "/") || strings.ContainsAny(path, ":\x00"):
+			errs.add(field, "the host path of "+strconv.Quote(name)+" must be an absolute path without ':'")
+		default:
+			out[name] = path
+		}
+	}
+	return out
 }
 
 // parseSlots checks {"<execution type>": <count>}; counts may be numbers or

@@ -391,3 +391,34 @@ func TestFormBodiesAsTheSeedAccepted(t *testing.T) {
 	resp, _ = b.doWith(t, http.MethodPost, "/tasks", "a[=1", form)
 	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
 }
+
+func TestNodeStorageMounts(t *testing.T) {
+	t.Parallel()
+	b := setup(t) // broker-wide mounts: shared, tmp
+	code, body := b.do(t, http.MethodPost, "/tasks", `{"name":"n","image":"i","cmd":"c","execution_type":"cpu","storage_mounts":{"nfs":"/data"}}`)
+	require.Equal(t, http.StatusUnprocessableEntity, code, "no node has nfs yet")
+	require.Contains(t, string(body), `unknown mount \"nfs\"`)
+
+	code, body = b.do(t, http.MethodPost, "/nodes", `{"hostname":"tcp://h:1","slots_execution_types":{"cpu":1},"storage_mounts":{"nfs":"/mnt/nfs","shared":"/srv/other"}}`)
+	require.Equal(t, http.StatusCreated, code, string(body))
+	var n nodeJSON
+	require.NoError(t, json.Unmarshal(body, &n))
+	code, _ = b.do(t, http.MethodPost, "/tasks", `{"name":"n","image":"i","cmd":"c","execution_type":"cpu","storage_mounts":{"nfs":"/data"}}`)
+	require.Equal(t, http.StatusOK, code, "a node's own mount may be named")
+
+	var nodes []projections.NodeView
+	_, body = b.do(t, http.MethodGet, "/status/nodes", "")
+	require.NoError(t, json.Unmarshal(body, &nodes))
+	require.Equal(t, map[string]string{"nfs": "/mnt/nfs", "shared": "/srv/other"}, nodes[0].StorageMounts)
+
+	code, body = b.do(t, http.MethodPatch, "/nodes/"+n.UUID, `{"slots_execution_types":{"cpu":1},"storage_mounts":{"bad name":"/x","ok":"relative"}}`)
+	require.Equal(t, http.StatusUnprocessableEntity, code)
+	require.Contains(t, string(body), `mount name \"bad name\"`)
+	require.Contains(t, string(body), `the host path of \"ok\" must be an absolute path`)
+
+	code, _ = b.do(t, http.MethodPatch, "/nodes/"+n.UUID, `{"slots_execution_types":{"cpu":2}}`)
+	require.Equal(t, http.StatusOK, code)
+	_, body = b.do(t, http.MethodGet, "/status/nodes", "")
+	require.NoError(t, json.Unmarshal(body, &nodes))
+	require.Len(t, nodes[0].StorageMounts, 2, "an update without storage_mounts keeps them")
+}

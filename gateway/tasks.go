@@ -51,6 +51,23 @@ func (g *Gateway) taskView(id string) (projections.TaskView, error) {
 	return v, nil
 }
 
+// mountNames returns the storage mount names a task may use: the
+// broker-wide ones and every node's own.
+func (g *Gateway) mountNames() map[string]string {
+	names := map[string]string{}
+	for name := range g.cfg.Mounts {
+		names[name] = ""
+	}
+	g.cfg.Replica.Read(func(s *projections.State) {
+		for _, n := range s.Nodes {
+			for name := range n.Mounts {
+				names[name] = ""
+			}
+		}
+	})
+	return names
+}
+
 // requestID is the client's X-Request-Id, or the one the middleware made.
 func requestID(c echo.Context) string {
 	if id := c.Request().Header.Get(echo.HeaderXRequestID); id != "" {
@@ -65,7 +82,7 @@ func (g *Gateway) createTask(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	req, err := parseTaskRequest(body, g.cfg.Mounts)
+	req, err := parseTaskRequest(body, g.mountNames())
 	if err != nil {
 		return err
 	}

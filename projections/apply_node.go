@@ -31,6 +31,7 @@ func (s *State) applyRegistered(env events.Envelope, p *events.NodeRegistered) e
 		Hostname:       p.Hostname,
 		RunnerProvider: cmp.Or(p.RunnerProvider, "docker"),
 		SlotsWanted:    p.Slots,
+		Mounts:         p.Mounts,
 		Status:         NodeUnavailable,
 		AcceptNewTasks: true,
 		RegisteredAt:   p.RegisteredAt,

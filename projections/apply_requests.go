@@ -124,6 +124,9 @@ func applyUpdated(n *Node, p *events.NodeUpdated) error {
 		n.scale(typ, p.Slots[typ])
 	}
 	n.SlotsWanted = p.Slots
+	if p.Mounts != nil {
+		n.Mounts = p.Mounts
+	}
 	return nil
 }
 

@@ -141,13 +141,15 @@ type Node struct {
 	Hostname       string `json:"hostname"`
 	RunnerProvider string `json:"runner_provider"`
 	// SlotsWanted is the slot count per execution type, as registered.
-	SlotsWanted    map[string]int `json:"slots_execution_types"`
-	Slots          []*Slot        `json:"slots"`
-	Status         NodeStatus     `json:"status"`
-	AcceptNewTasks bool           `json:"accept_new_tasks"`
-	LastError      string         `json:"last_error,omitempty"`
-	LastSuccessAt  time.Time      `json:"last_success_at,omitzero"`
-	RegisteredAt   time.Time      `json:"registered_at"`
+	SlotsWanted map[string]int `json:"slots_execution_types"`
+	// Mounts maps storage mount names to host paths on this node.
+	Mounts         map[string]string `json:"mounts,omitempty"`
+	Slots          []*Slot           `json:"slots"`
+	Status         NodeStatus        `json:"status"`
+	AcceptNewTasks bool              `json:"accept_new_tasks"`
+	LastError      string            `json:"last_error,omitempty"`
+	LastSuccessAt  time.Time         `json:"last_success_at,omitzero"`
+	RegisteredAt   time.Time         `json:"registered_at"`
 	// UpdatedAt is the time of the node's last accepted event.
 	UpdatedAt time.Time `json:"updated_at"`
 	// StatusSeq is the stream sequence of the node's last accepted status
@@ -200,6 +202,17 @@ func (n *Node) FreeSlot(executionType string) *Slot {
 		}
 	}
 	return nil
+}
+
+// HasMounts reports whether every storage mount name is available on the
+// node, from its own mounts or from the broker-wide ones.
+func (n *Node) HasMounts(names map[string]string, brokerWide map[string]bool) bool {
+	for name := range names {
+		if _, ok := n.Mounts[name]; !ok && !brokerWide[name] {
+			return false
+		}
+	}
+	return true
 }
 
 // Schedulable reports whether new work may be placed on the node.

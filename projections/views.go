@@ -172,6 +172,8 @@ type NodeView struct {
 	Slots                 []SlotView     `json:"slots"`
 	CreatedAt             *string        `json:"created_at"`
 	UpdatedAt             *string        `json:"updated_at"`
+	// StorageMounts are the node's own mounts (name → host path).
+	StorageMounts map[string]string `json:"storage_mounts"`
 }
 
 // TypeUsage is the busy share of one execution type's slots on a node.
@@ -206,6 +208,7 @@ func (s *State) NewNodeView(n *Node) NodeView {
 		Slots:                 []SlotView{},
 		UsagePerExecutionType: []TypeUsage{},
 		CreatedAt:             FormatTime(n.RegisteredAt),
+		StorageMounts:         cloneMap(n.Mounts),
 		UpdatedAt:             FormatTime(n.UpdatedAt),
 	}
 	if n.LastError != "" {

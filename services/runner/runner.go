@@ -252,7 +252,10 @@ func (r *Runner) newJob(t *projections.Task, n *projections.Node) job {
 		causation:   t.LastEventID,
 	}
 	for _, name := range slices.Sorted(maps.Keys(t.StorageMounts)) {
-		host, ok := r.cfg.Mounts[name]
+		host, ok := n.Mounts[name] // the node's own path wins
+		if !ok {
+			host, ok = r.cfg.Mounts[name]
+		}
 		if !ok {
 			j.specErr = fmt.Errorf("storage mount %q is not configured", name)
 			break

@@ -22,6 +22,10 @@ type Policy struct {
 	// marks it as error, as the seed's timeout_tasks_after_hours (20 h). Zero
 	// disables it.
 	FailedTimeout time.Duration
+	// Mounts are the storage mount names every node has (the broker-wide
+	// ones). A task that names another mount only goes to a node that
+	// defines it.
+	Mounts map[string]bool
 }
 
 // Decide returns the scheduler's proposals for the state at time now, and
@@ -42,7 +46,7 @@ func Decide(s *projections.State, now time.Time, policy Policy) ([]actor.Proposa
 	ps = append(ps, decideCancels(s)...)
 	timeouts, wake := decideFailedTimeouts(s, now, policy.FailedTimeout)
 	ps = append(ps, timeouts...)
-	reservations, wakeRetry := decideReservations(s, now)
+	reservations, wakeRetry := decideReservations(s, now, policy.Mounts)
 	return append(ps, reservations...), earliest(wake, wakeRetry)
 }
 
@@ -149,7 +153,7 @@ type candidate struct {
 	free  []*projections.Slot
 }
 
-func decideReservations(s *projections.State, now time.Time) ([]actor.Proposal, time.Time) {
+func decideReservations(s *projections.State, now time.Time, mounts map[string]bool) ([]actor.Proposal, time.Time) {
 	var (
 		ps   []actor.Proposal
 		wake time.Time
@@ -165,9 +169,12 @@ func decideReservations(s *projections.State, now time.Time) ([]actor.Proposal, 
 				wake = earliest(wake, t.NotBefore)
 				continue
 			}
-			c := leastBusy(cands)
+			c, free := leastBusy(cands, func(n *projections.Node) bool { return n.HasMounts(t.StorageMounts, mounts) })
+			if !free {
+				break // no slot of this type anywhere: nothing behind can run either
+			}
 			if c == nil {
-				break
+				continue // free slots, but not on a node with the task's mounts
 			}
 			slot := c.free[0]
 			c.free = c.free[1:]
@@ -211,12 +218,16 @@ func candidates(nodes []*projections.Node, typ string) []*candidate {
 	return out
 }
 
-// leastBusy returns the candidate with a free slot and the lowest busy share;
-// candidates are in name order, so the first of equals wins.
-func leastBusy(cands []*candidate) *candidate {
-	var best *candidate
+// leastBusy returns the candidate that fits, has a free slot and the lowest
+// busy share (candidates are in name order, so the first of equals wins),
+// and whether any candidate had a free slot at all.
+func leastBusy(cands []*candidate, fits func(*projections.Node) bool) (best *candidate, free bool) {
 	for _, c := range cands {
 		if len(c.free) == 0 {
+			continue
+		}
+		free = true
+		if !fits(c.node) {
 			continue
 		}
 		// c.busy/c.total < best.busy/best.total, without division.
@@ -224,5 +235,5 @@ func leastBusy(cands []*candidate) *candidate {
 			best = c
 		}
 	}
-	return best
+	return best, free
 }

@@ -140,6 +140,24 @@ func TestDecideReservations(t *testing.T) {
 	}
 }
 
+func TestDecidePlacesTasksWhereTheirMountsAre(t *testing.T) {
+	t.Parallel()
+	s := fold(t,
+		&events.NodeRegistered{NodeID: "n1", Hostname: "tcp://a:1", Slots: map[string]int{"cpu": 1}},
+		&events.NodeUp{NodeID: "n1"},
+		&events.NodeRegistered{NodeID: "n2", Hostname: "tcp://b:1", Slots: map[string]int{"cpu": 1}, Mounts: map[string]string{"nfs": "/mnt/nfs"}},
+		&events.NodeUp{NodeID: "n2"},
+		&events.TaskSubmitted{TaskID: "t1", Name: "a", ExecutionType: "cpu", MaxRetries: 3, StorageMounts: map[string]string{"nfs": "/data"}},
+		&events.TaskSubmitted{TaskID: "t2", Name: "b", ExecutionType: "cpu", MaxRetries: 3, StorageMounts: map[string]string{"shared": "/data"}},
+		&events.TaskSubmitted{TaskID: "t3", Name: "c", ExecutionType: "cpu", MaxRetries: 3, StorageMounts: map[string]string{"nfs": "/data"}},
+	)
+	ps, _ := Decide(s, now, Policy{Mounts: map[string]bool{"shared": true}})
+	// t1 needs nfs: only n2 has it, although n1 sorts first. t2 needs the
+	// broker-wide mount: any node. t3 needs nfs again, n2 is full: it
+	// waits, and does not stop the queue.
+	require.Equal(t, []string{"t1@n2/cpu-1#1", "t2@n1/cpu-1#1"}, reservations(ps))
+}
+
 func TestDecideReportsWhenARetryIsDue(t *testing.T) {
 	t.Parallel()
 	s := fold(t, concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}),

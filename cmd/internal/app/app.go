@@ -330,7 +330,7 @@ func (a *App) components(ctx context.Context) (map[string]func(context.Context) 
 	}
 	sched, err := scheduler.New(scheduler.Config{
 		Replica: a.Replica, Writer: a.writer("scheduler"), Logger: a.log,
-		Policy: scheduler.Policy{FailedTimeout: max(a.cfg.FailedTimeout, 0)},
+		Policy: scheduler.Policy{FailedTimeout: max(a.cfg.FailedTimeout, 0), Mounts: mountNames(a.cfg.Mounts)},
 	})
 	if err != nil {
 		return nil, err
@@ -366,6 +366,14 @@ func (a *App) components(ctx context.Context) (map[string]func(context.Context) 
 		"gateway":    func(ctx context.Context) error { return gw.Serve(ctx, a.ln) },
 		"local-node": a.registerLocalNode,
 	}, nil
+}
+
+func mountNames(mounts map[string]string) map[string]bool {
+	names := make(map[string]bool, len(mounts))
+	for name := range mounts {
+		names[name] = true
+	}
+	return names
 }
 
 // checkHostname accepts the Docker addresses a node may have.
