@@ -130,6 +130,13 @@ func TestRequestsEndToEnd(t *testing.T) {
 		b.waitStatus(t, next.UUID, "started", "completed")
 		require.Equal(t, n2, b.nodeOf(t, next.UUID), "a draining node gets no new work")
 		require.Equal(t, "completed", b.waitStatus(t, running.UUID, "completed").Status, "its running task finishes")
+		var drained map[string]any
+		require.Equal(t, http.StatusOK, b.do(t, http.MethodGet, "/nodes/"+n1, nil, &drained))
+		require.Equal(t, false, drained["accept_new_tasks"])
+		require.Equal(t, http.StatusOK, b.post(t, http.MethodPost, "/nodes/"+n1+"/accept_new_tasks"))
+		require.Equal(t, http.StatusOK, b.do(t, http.MethodGet, "/nodes/"+n1, nil, &drained))
+		require.Equal(t, true, drained["accept_new_tasks"])
+		require.Equal(t, http.StatusOK, b.post(t, http.MethodPost, "/nodes/"+n1+"/reject_new_tasks"))
 		require.Equal(t, http.StatusOK, b.post(t, http.MethodDelete, "/nodes/"+n1))
 		require.Equal(t, http.StatusNotFound, b.post(t, http.MethodGet, "/nodes/"+n1))
 	})
