@@ -20,6 +20,7 @@ func samples() []Payload {
 			TaskID: "t1", Name: "n", Image: "busybox", Cmd: "echo hi", ExecutionType: "cpu",
 			StorageMounts: map[string]string{"shared": "/data"}, Tags: map[string]string{"a": "1"},
 			PersistLogs: true, MaxRetries: 3, IdempotencyKey: "k", CreatedAt: at,
+			RetryBackoffMinMs: 1000, RetryBackoffMaxMs: 60000, MaxNodeLosses: 5, TimeoutMs: 30000,
 		},
 		&SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "n-t1-a1"},
 		&ContainerStarted{TaskID: "t1", Attempt: 1, NodeID: "n1", ContainerID: "c", ContainerName: "n-t1-a1", StartedAt: at},
@@ -46,6 +47,7 @@ func samples() []Payload {
 		&NodeAcceptanceChanged{NodeID: "n1", Accept: false},
 		&NodeRemoved{NodeID: "n1"},
 		&NodeKillRequested{NodeID: "n1"},
+		&StaleAttemptExited{TaskID: "t1", Attempt: 1, NodeID: "n1", ExitCode: 137, Running: true},
 	}
 }
 

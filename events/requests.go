@@ -38,6 +38,9 @@ func (p *TaskCancelled) AggregateID() string { return p.TaskID }
 type KillRequested struct {
 	TaskID  string `json:"task_id"`
 	Attempt int    `json:"attempt"`
+	// Cause is CauseTimeout when the scheduler stops an attempt that ran too
+	// long (gracefully: SIGTERM, then SIGKILL); empty for a client's kill.
+	Cause string `json:"cause,omitempty"`
 }
 
 // EventType implements Payload.

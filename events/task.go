@@ -15,7 +15,18 @@ type TaskSubmitted struct {
 	PersistLogs   bool              `json:"persist_logs,omitempty"`
 	// MaxRetries is the number of retries after the first attempt (the seed's
 	// default is 3, so at most 4 attempts).
-	MaxRetries     int       `json:"max_retries"`
+	MaxRetries int `json:"max_retries"`
+	// RetryBackoffMinMs and RetryBackoffMaxMs bound the pause before a
+	// retry: it doubles from the minimum with each retry, with jitter, up to
+	// the maximum. Zero means retry at once, as the seed.
+	RetryBackoffMinMs int64 `json:"retry_backoff_min_ms,omitempty"`
+	RetryBackoffMaxMs int64 `json:"retry_backoff_max_ms,omitempty"`
+	// MaxNodeLosses caps how often an attempt may be lost with its node;
+	// those do not use up MaxRetries. Zero means no attempt is requeued
+	// after a node loss.
+	MaxNodeLosses int `json:"max_node_losses,omitempty"`
+	// TimeoutMs bounds how long one attempt may run; zero means no limit.
+	TimeoutMs      int64     `json:"timeout_ms,omitempty"`
 	IdempotencyKey string    `json:"idempotency_key,omitempty"`
 	CreatedAt      time.Time `json:"created_at"`
 }
@@ -78,11 +89,13 @@ func (p *StartFailed) AggregateID() string { return p.TaskID }
 
 // ContainerExited is the runner's report that an attempt's container ended.
 type ContainerExited struct {
-	TaskID     string    `json:"task_id"`
-	Attempt    int       `json:"attempt"`
-	NodeID     string    `json:"node_id"`
-	ExitCode   int       `json:"exit_code"`
-	OOMKilled  bool      `json:"oom_killed,omitempty"`
+	TaskID    string `json:"task_id"`
+	Attempt   int    `json:"attempt"`
+	NodeID    string `json:"node_id"`
+	ExitCode  int    `json:"exit_code"`
+	OOMKilled bool   `json:"oom_killed,omitempty"`
+	// Vanished is set when the container was gone from its node.
+	Vanished   bool      `json:"vanished,omitempty"`
 	Error      string    `json:"error,omitempty"`
 	StartedAt  time.Time `json:"started_at,omitzero"`
 	FinishedAt time.Time `json:"finished_at,omitzero"`
@@ -126,8 +139,20 @@ func (p *TaskCompleted) AggregateID() string { return p.TaskID }
 
 // Retry and failure causes.
 const (
-	CauseExitCode   = "exit_code"
+	// CauseExitCode: the container exited with a code other than 0.
+	CauseExitCode = "exit_code"
+	// CauseStartError: the container could not be created or started.
 	CauseStartError = "start_error"
+	// CauseVanished: the container disappeared from its node.
+	CauseVanished = "vanished"
+	// CauseTimeout: the attempt ran longer than the task's timeout and was
+	// stopped.
+	CauseTimeout = "timeout"
+	// CauseNodeLost: the attempt's node went down; it does not use up a
+	// retry (see TaskSubmitted.MaxNodeLosses).
+	CauseNodeLost = "node_lost"
+	// CauseKilled: the container was killed on request (kill_container).
+	CauseKilled = "killed"
 )
 
 // TaskRetrying is the scheduler's decision to run a task again after its
@@ -163,3 +188,22 @@ func (*TaskFailed) EventType() Type { return TypeTaskFailed }
 
 // AggregateID implements Payload.
 func (p *TaskFailed) AggregateID() string { return p.TaskID }
+
+// StaleAttemptExited records that the container of a superseded attempt
+// (its node was declared down and the task moved on) was found, killed and
+// removed, with how it ended. It never changes the task.
+type StaleAttemptExited struct {
+	TaskID   string `json:"task_id"`
+	Attempt  int    `json:"attempt"`
+	NodeID   string `json:"node_id"`
+	ExitCode int    `json:"exit_code"`
+	// Running is set when the container was still running when found.
+	Running bool   `json:"running,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// EventType implements Payload.
+func (*StaleAttemptExited) EventType() Type { return TypeTaskStaleAttemptExited }
+
+// AggregateID implements Payload.
+func (p *StaleAttemptExited) AggregateID() string { return p.TaskID }

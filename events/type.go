@@ -18,21 +18,22 @@ const (
 
 // Task event types (DESIGN.md section 4).
 const (
-	TypeTaskSubmitted        Type = "task.submitted.v1"
-	TypeTaskSlotReserved     Type = "task.slot_reserved.v1"
-	TypeTaskContainerStarted Type = "task.container_started.v1"
-	TypeTaskStartFailed      Type = "task.start_failed.v1"
-	TypeTaskContainerExited  Type = "task.container_exited.v1"
-	TypeTaskLogsArchived     Type = "task.logs_archived.v1"
-	TypeTaskCompleted        Type = "task.completed.v1"
-	TypeTaskRetrying         Type = "task.retrying.v1"
-	TypeTaskFailed           Type = "task.failed.v1"
-	TypeTaskCancelRequested  Type = "task.cancel_requested.v1"
-	TypeTaskCancelled        Type = "task.cancelled.v1"
-	TypeTaskKillRequested    Type = "task.kill_requested.v1"
-	TypeTaskRetryRequested   Type = "task.retry_requested.v1"
-	TypeTaskMarkedAsError    Type = "task.marked_as_error.v1"
-	TypeTaskDeleted          Type = "task.deleted.v1"
+	TypeTaskSubmitted          Type = "task.submitted.v1"
+	TypeTaskSlotReserved       Type = "task.slot_reserved.v1"
+	TypeTaskContainerStarted   Type = "task.container_started.v1"
+	TypeTaskStartFailed        Type = "task.start_failed.v1"
+	TypeTaskContainerExited    Type = "task.container_exited.v1"
+	TypeTaskLogsArchived       Type = "task.logs_archived.v1"
+	TypeTaskCompleted          Type = "task.completed.v1"
+	TypeTaskRetrying           Type = "task.retrying.v1"
+	TypeTaskFailed             Type = "task.failed.v1"
+	TypeTaskCancelRequested    Type = "task.cancel_requested.v1"
+	TypeTaskCancelled          Type = "task.cancelled.v1"
+	TypeTaskKillRequested      Type = "task.kill_requested.v1"
+	TypeTaskRetryRequested     Type = "task.retry_requested.v1"
+	TypeTaskMarkedAsError      Type = "task.marked_as_error.v1"
+	TypeTaskDeleted            Type = "task.deleted.v1"
+	TypeTaskStaleAttemptExited Type = "task.stale_attempt_exited.v1"
 )
 
 // Node event types (DESIGN.md section 4).
@@ -102,16 +103,17 @@ var registry = map[Type]func() Payload{
 	TypeNodeDown:             func() Payload { return new(NodeDown) },
 	TypeNodeUp:               func() Payload { return new(NodeUp) },
 
-	TypeTaskCancelRequested:   func() Payload { return new(CancelRequested) },
-	TypeTaskCancelled:         func() Payload { return new(TaskCancelled) },
-	TypeTaskKillRequested:     func() Payload { return new(KillRequested) },
-	TypeTaskRetryRequested:    func() Payload { return new(RetryRequested) },
-	TypeTaskMarkedAsError:     func() Payload { return new(MarkedAsError) },
-	TypeTaskDeleted:           func() Payload { return new(TaskDeleted) },
-	TypeNodeUpdated:           func() Payload { return new(NodeUpdated) },
-	TypeNodeAcceptanceChanged: func() Payload { return new(NodeAcceptanceChanged) },
-	TypeNodeRemoved:           func() Payload { return new(NodeRemoved) },
-	TypeNodeKillRequested:     func() Payload { return new(NodeKillRequested) },
+	TypeTaskCancelRequested:    func() Payload { return new(CancelRequested) },
+	TypeTaskCancelled:          func() Payload { return new(TaskCancelled) },
+	TypeTaskKillRequested:      func() Payload { return new(KillRequested) },
+	TypeTaskRetryRequested:     func() Payload { return new(RetryRequested) },
+	TypeTaskMarkedAsError:      func() Payload { return new(MarkedAsError) },
+	TypeTaskDeleted:            func() Payload { return new(TaskDeleted) },
+	TypeTaskStaleAttemptExited: func() Payload { return new(StaleAttemptExited) },
+	TypeNodeUpdated:            func() Payload { return new(NodeUpdated) },
+	TypeNodeAcceptanceChanged:  func() Payload { return new(NodeAcceptanceChanged) },
+	TypeNodeRemoved:            func() Payload { return new(NodeRemoved) },
+	TypeNodeKillRequested:      func() Payload { return new(NodeKillRequested) },
 }
 
 // Known reports whether t is a type this version of the package can decode.

@@ -36,9 +36,18 @@ type Config struct {
 	CheckHostname func(hostname string) error
 	// Mounts are the storage mount names tasks may use (name → host path).
 	Mounts map[string]string
-	// MaxRetries is the retry count written into submitted tasks. Defaults
+	// MaxRetries is the retry count of tasks that do not give one. Defaults
 	// to 3, as the seed's task_retry_count.
 	MaxRetries int
+	// RetryBackoffMin and RetryBackoffMax bound the pause before a retry
+	// (doubling, with jitter); zero retries at once, as the seed.
+	RetryBackoffMin, RetryBackoffMax time.Duration
+	// MaxNodeLosses caps how often a task's attempt may be lost with its
+	// node (those do not use up retries). Defaults to 5; negative means 0.
+	MaxNodeLosses int
+	// TaskTimeout bounds an attempt of tasks that do not give a timeout;
+	// zero means no limit.
+	TaskTimeout time.Duration
 	// Actor names the gateway in its events. Defaults to "gateway".
 	Actor string
 	// ApplyTimeout bounds the wait for the fold to apply a write. Defaults
@@ -67,6 +76,9 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if cfg.MaxRetries == 0 {
 		cfg.MaxRetries = 3
+	}
+	if cfg.MaxNodeLosses == 0 {
+		cfg.MaxNodeLosses = 5
 	}
 	if cfg.Actor == "" {
 		cfg.Actor = "gateway"

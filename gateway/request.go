@@ -3,12 +3,15 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"maps"
+	"math"
 	"net/http"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // executionTypeFormat is the seed's format for execution types.
@@ -105,6 +108,27 @@ func (f fields) boolean(name string, errs validationError) bool {
 	return false
 }
 
+// number returns a field that must be a number (or a numeric string, as
+// form bodies send); ok is false when it is absent or wrong.
+func (f fields) number(name string, errs validationError) (float64, bool) {
+	raw, ok := f[name]
+	if !ok || isNull(raw) {
+		return 0, false
+	}
+	var v any
+	_ = json.Unmarshal(raw, &v)
+	switch v := v.(type) {
+	case float64:
+		return v, true
+	case string:
+		if n, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil && !math.IsNaN(n) && !math.IsInf(n, 0) {
+			return n, true
+		}
+	}
+	errs.add(name, "must be a number")
+	return 0, false
+}
+
 // object returns a field that must be a JSON object, or nil when absent.
 func (f fields) object(name string, errs validationError) fields {
 	raw, ok := f[name]
@@ -142,7 +166,17 @@ type taskRequest struct {
 	StorageMounts map[string]string
 	Tags          map[string]string
 	PersistLogs   bool
+	// MaxRetries is nil when the body has none (the broker's default).
+	MaxRetries *int
+	// Timeout bounds one attempt; zero means the broker's default.
+	Timeout time.Duration
 }
+
+// Limits of the broker's own task fields.
+const (
+	maxMaxRetries = 100
+	maxTimeout    = 7 * 24 * time.Hour
+)
 
 // parseTaskRequest validates a POST /tasks body. mounts are the storage
 // mount names the operator configured.
@@ -171,6 +205,21 @@ func parseTaskRequest(body []byte, mounts map[string]string) (taskRequest, error
 	req.ExecutionType = raw
 	req.StorageMounts = parseMounts(f.object("storage_mounts", errs), mounts, errs)
 	req.Tags = parseTags(f.object("tags", errs), errs)
+	if n, ok := f.number("max_retries", errs); ok {
+		if n != float64(int(n)) || n < 0 || n > maxMaxRetries {
+			errs.add("max_retries", fmt.Sprintf("must be a whole number from 0 to %d", maxMaxRetries))
+		} else {
+			r := int(n)
+			req.MaxRetries = &r
+		}
+	}
+	if n, ok := f.number("timeout", errs); ok {
+		if n <= 0 || n > maxTimeout.Seconds() {
+			errs.add("timeout", fmt.Sprintf("must be a number of seconds above 0 and at most %d", int(maxTimeout.Seconds())))
+		} else {
+			req.Timeout = time.Duration(n * float64(time.Second))
+		}
+	}
 	if len(errs) > 0 {
 		return taskRequest{}, errs
 	}

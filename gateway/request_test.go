@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -44,6 +45,10 @@ func TestParseTaskRequest(t *testing.T) {
 				Name: "n", Image: "registry.local:5000/team/app:1.2", Cmd: "c", ExecutionType: "io",
 				StorageMounts: map[string]string{"shared": "/data"},
 			},
+		},
+		"RetriesAndTimeout": {
+			body: `{"name":"n","image":"i","cmd":"c","execution_type":"io","max_retries":0,"timeout":"1.5"}`,
+			want: taskRequest{Name: "n", Image: "i", Cmd: "c", ExecutionType: "io", MaxRetries: new(0), Timeout: 1500 * time.Millisecond},
 		},
 		"UnknownFieldsAreIgnored": {
 			body: `{"name":"n","image":"i","cmd":"c","execution_type":"io","storage_mount":"/legacy","priority":3}`,
@@ -86,6 +91,14 @@ func TestParseTaskRequest(t *testing.T) {
 		"NestedTag": {
 			body: `{"name":"n","image":"i","cmd":"c","execution_type":"cpu","tags":{"a":{"b":1}}}`,
 			want: validationError{"tags": {`value of "a" must be a string, a number or a boolean`}},
+		},
+		"BadRetriesAndTimeout": {
+			body: `{"name":"n","image":"i","cmd":"c","execution_type":"cpu","max_retries":-1,"timeout":0}`,
+			want: validationError{"max_retries": {"must be a whole number from 0 to 100"}, "timeout": {"must be a number of seconds above 0 and at most 604800"}},
+		},
+		"RetriesNotANumber": {
+			body: `{"name":"n","image":"i","cmd":"c","execution_type":"cpu","max_retries":"many"}`,
+			want: validationError{"max_retries": {"must be a number"}},
 		},
 		"BlankStrings": {
 			body: `{"name":"  ","image":"i i","cmd":"c","execution_type":"cpu"}`,

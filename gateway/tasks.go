@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"net/http"
 	"strings"
 	"unicode/utf8"
@@ -95,7 +96,12 @@ func (g *Gateway) createTask(c echo.Context) error {
 	p := &events.TaskSubmitted{
 		TaskID: id, Name: req.Name, Image: req.Image, Cmd: req.Cmd, ExecutionType: req.ExecutionType,
 		StorageMounts: req.StorageMounts, Tags: tags, PersistLogs: req.PersistLogs,
-		MaxRetries: g.cfg.MaxRetries, CreatedAt: events.Time(g.cfg.Now()),
+		MaxRetries: max(g.cfg.MaxRetries, 0), CreatedAt: events.Time(g.cfg.Now()),
+		RetryBackoffMinMs: g.cfg.RetryBackoffMin.Milliseconds(), RetryBackoffMaxMs: g.cfg.RetryBackoffMax.Milliseconds(),
+		MaxNodeLosses: max(g.cfg.MaxNodeLosses, 0), TimeoutMs: cmp.Or(req.Timeout, g.cfg.TaskTimeout).Milliseconds(),
+	}
+	if req.MaxRetries != nil {
+		p.MaxRetries = *req.MaxRetries
 	}
 	out, own, err := g.propose(c, "task:"+id+":submitted", p)
 	if err != nil {

@@ -33,6 +33,10 @@ func (s *State) applyCancelled(t *Task, p *events.TaskCancelled) error {
 		s.dequeue(t)
 	case t.AttemptEnded:
 		s.decided(t)
+	case s.loseAttempt(t, p.Attempt) == nil: // its node went down
+		t.LostAttempts = append(t.LostAttempts, t.Attempt)
+		s.endAttempt(t)
+		s.decided(t)
 	default:
 		return rejectf("task %s is %s; it is cancelled once its attempt has ended", t.ID, t.Status)
 	}
@@ -45,6 +49,7 @@ func applyKillRequested(t *Task, p *events.KillRequested) error {
 		return rejectCode(CodeStatus, "task %s is %s (attempt %d), not running attempt %d", t.ID, t.Status, t.Attempt, p.Attempt)
 	}
 	t.KillRequested = p.Attempt
+	t.Killed, t.KillCause = true, p.Cause
 	return nil
 }
 

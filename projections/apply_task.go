@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"fmt"
 	"slices"
 	"time"
 
@@ -19,20 +20,24 @@ func (s *State) applySubmitted(env events.Envelope, p *events.TaskSubmitted) err
 		return rejectf("task %s has negative max_retries %d", p.TaskID, p.MaxRetries)
 	}
 	t := &Task{
-		ID:             p.TaskID,
-		Name:           p.Name,
-		Image:          p.Image,
-		Cmd:            p.Cmd,
-		ExecutionType:  p.ExecutionType,
-		StorageMounts:  p.StorageMounts,
-		Tags:           p.Tags,
-		PersistLogs:    p.PersistLogs,
-		MaxRetries:     p.MaxRetries,
-		IdempotencyKey: p.IdempotencyKey,
-		CorrelationID:  env.CorrelationID,
-		CreatedAt:      p.CreatedAt,
-		SubmitSeq:      env.Seq,
-		LastEventID:    env.ID,
+		ID:              p.TaskID,
+		Name:            p.Name,
+		Image:           p.Image,
+		Cmd:             p.Cmd,
+		ExecutionType:   p.ExecutionType,
+		StorageMounts:   p.StorageMounts,
+		Tags:            p.Tags,
+		PersistLogs:     p.PersistLogs,
+		MaxRetries:      p.MaxRetries,
+		RetryBackoffMin: time.Duration(p.RetryBackoffMinMs) * time.Millisecond,
+		RetryBackoffMax: time.Duration(p.RetryBackoffMaxMs) * time.Millisecond,
+		MaxNodeLosses:   p.MaxNodeLosses,
+		Timeout:         time.Duration(p.TimeoutMs) * time.Millisecond,
+		IdempotencyKey:  p.IdempotencyKey,
+		CorrelationID:   env.CorrelationID,
+		CreatedAt:       p.CreatedAt,
+		SubmitSeq:       env.Seq,
+		LastEventID:     env.ID,
 	}
 	s.Tasks[t.ID] = t
 	s.setStatus(t, TaskWaiting)
@@ -78,6 +83,7 @@ func (s *State) applyReserved(t *Task, p *events.SlotReserved) error {
 	t.Attempt = p.Attempt
 	t.NodeID, t.SlotID, t.ContainerName, t.ContainerID = n.ID, slot.ID, p.ContainerName, ""
 	t.AttemptEnded, t.StartFailed = false, false
+	t.Killed, t.KillCause, t.Vanished = false, "", false
 	slot.Status, slot.TaskID, slot.Attempt = SlotAttaching, t.ID, t.Attempt
 	s.active[t.ID] = t
 	return nil
@@ -134,6 +140,7 @@ func (s *State) applyExited(t *Task, p *events.ContainerExited) error {
 	code := p.ExitCode
 	t.ExitCode = &code
 	t.Error = p.Error
+	t.Vanished = p.Vanished
 	if p.OOMKilled && t.Error == "" {
 		t.Error = "container was killed: out of memory"
 	}
@@ -218,6 +225,9 @@ func (s *State) applyCompleted(t *Task, p *events.TaskCompleted) error {
 }
 
 func (s *State) applyRetrying(t *Task, p *events.TaskRetrying) error {
+	if p.Cause == events.CauseNodeLost {
+		return s.applyNodeLost(t, p.Attempt, p.NextAttempt, p.NotBefore)
+	}
 	if err := decidable(t, p.Attempt); err != nil {
 		return err
 	}
@@ -243,6 +253,20 @@ func (s *State) applyRetrying(t *Task, p *events.TaskRetrying) error {
 }
 
 func (s *State) applyFailed(t *Task, p *events.TaskFailed) error {
+	if p.Cause == events.CauseNodeLost {
+		if err := s.loseAttempt(t, p.Attempt); err != nil {
+			return err
+		}
+		if t.NodeLosses < t.MaxNodeLosses {
+			return rejectf("task %s has lost %d of %d attempts to dead nodes; it is requeued, not failed", t.ID, t.NodeLosses, t.MaxNodeLosses)
+		}
+		t.LostAttempts = append(t.LostAttempts, t.Attempt)
+		s.endAttempt(t)
+		s.decided(t)
+		s.setStatus(t, TaskFailed)
+		t.Error = fmt.Sprintf("attempt %d was lost with node %s, and %d attempts were lost before", t.Attempt, t.NodeID, t.NodeLosses)
+		return nil
+	}
 	if err := decidable(t, p.Attempt); err != nil {
 		return err
 	}
@@ -260,4 +284,56 @@ func (s *State) applyFailed(t *Task, p *events.TaskFailed) error {
 func (s *State) decided(t *Task) {
 	t.AttemptEnded = false
 	delete(s.awaiting, t.ID)
+}
+
+// loseAttempt checks that an attempt may be given up because its node went
+// down: it is the current, running attempt and its node is unavailable (or
+// gone).
+func (s *State) loseAttempt(t *Task, attempt int) error {
+	switch {
+	case attempt != t.Attempt:
+		return rejectf("attempt %d of task %s is not current (current %d)", attempt, t.ID, t.Attempt)
+	case !t.Active():
+		return rejectf("attempt %d of task %s is not running (task %s)", attempt, t.ID, t.Status)
+	}
+	if n, ok := s.Nodes[t.NodeID]; ok && n.Status != NodeUnavailable {
+		return rejectf("node %s of task %s is %s, not unavailable", t.NodeID, t.ID, n.Status)
+	}
+	return nil
+}
+
+// applyNodeLost requeues an attempt lost with its node. It does not use up
+// a retry; NodeLosses is capped by MaxNodeLosses.
+func (s *State) applyNodeLost(t *Task, attempt, next int, notBefore time.Time) error {
+	if err := s.loseAttempt(t, attempt); err != nil {
+		return err
+	}
+	switch {
+	case t.NodeLosses >= t.MaxNodeLosses:
+		return rejectf("task %s has lost %d attempts to dead nodes, its cap", t.ID, t.NodeLosses)
+	case next != t.Attempt+1:
+		return rejectf("next attempt of task %s is %d, not %d", t.ID, t.Attempt+1, next)
+	case t.CancelRequested:
+		return rejectf("task %s is being cancelled; it is not requeued", t.ID)
+	}
+	t.LostAttempts = append(t.LostAttempts, t.Attempt)
+	s.endAttempt(t)
+	s.decided(t)
+	t.NodeLosses++
+	t.Error = fmt.Sprintf("attempt %d was lost with node %s", t.Attempt, t.NodeID)
+	s.setStatus(t, TaskRetry)
+	t.NotBefore = notBefore
+	s.enqueue(t)
+	return nil
+}
+
+// applyStaleExited records how a superseded attempt's container ended. It
+// changes nothing else.
+func applyStaleExited(t *Task, p *events.StaleAttemptExited) error {
+	if !t.Lost(p.Attempt) {
+		return rejectf("attempt %d of task %s was not lost with its node, or its stale exit is recorded already", p.Attempt, t.ID)
+	}
+	t.LostAttempts = slices.DeleteFunc(t.LostAttempts, func(a int) bool { return a == p.Attempt })
+	t.StaleExits++
+	return nil
 }

@@ -34,6 +34,7 @@ func checkInvariants(t require.TestingT, s *State) {
 	}
 	for id, task := range s.Tasks {
 		require.LessOrEqual(t, task.TryCount, task.MaxRetries)
+		require.LessOrEqual(t, task.NodeLosses, task.MaxNodeLosses)
 		if task.Active() {
 			require.Equalf(t, 1, held[id], "active task %s holds %d slots", id, held[id])
 			require.Contains(t, s.active, id)
@@ -118,11 +119,18 @@ func genEvent(t *rapid.T) events.Payload {
 	nodeID := rapid.SampledFrom([]string{"n1", "n2"}).Draw(t, "node")
 	attempt := rapid.IntRange(1, 5).Draw(t, "attempt")
 	slot := rapid.SampledFrom([]string{"cpu-1", "cpu-2", "io-1"}).Draw(t, "slot")
-	switch rapid.IntRange(0, 22).Draw(t, "kind") {
+	switch rapid.IntRange(0, 25).Draw(t, "kind") {
+	case 23:
+		return &events.TaskRetrying{TaskID: task, Attempt: attempt, NextAttempt: attempt + 1, Cause: events.CauseNodeLost}
+	case 24:
+		return &events.TaskFailed{TaskID: task, Attempt: attempt, Cause: events.CauseNodeLost}
+	case 25:
+		return &events.StaleAttemptExited{TaskID: task, Attempt: attempt, NodeID: nodeID, ExitCode: 137}
 	case 0:
 		return &events.TaskSubmitted{
 			TaskID: task, ExecutionType: rapid.SampledFrom([]string{"cpu", "io"}).Draw(t, "type"), MaxRetries: rapid.IntRange(0, 3).Draw(t, "retries"),
-			Tags: rapid.SampledFrom([]map[string]string{nil, {"a": "1"}, {"a": "2", "b": "x"}}).Draw(t, "tags"),
+			MaxNodeLosses: rapid.IntRange(0, 2).Draw(t, "losses"),
+			Tags:          rapid.SampledFrom([]map[string]string{nil, {"a": "1"}, {"a": "2", "b": "x"}}).Draw(t, "tags"),
 		}
 	case 13:
 		return &events.CancelRequested{TaskID: task}

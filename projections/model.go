@@ -103,6 +103,28 @@ type Task struct {
 	// EndedAt is when the task reached its terminal status (the time of
 	// that event).
 	EndedAt time.Time `json:"ended_at,omitzero"`
+	// Retry policy, resolved at submission.
+	RetryBackoffMin time.Duration `json:"retry_backoff_min,omitempty"`
+	RetryBackoffMax time.Duration `json:"retry_backoff_max,omitempty"`
+	MaxNodeLosses   int           `json:"max_node_losses,omitempty"`
+	Timeout         time.Duration `json:"timeout,omitempty"`
+	// NodeLosses counts attempts lost with their node.
+	NodeLosses int `json:"node_losses,omitempty"`
+	// KillCause is why the current or last attempt was killed ("" for a
+	// client's kill, CauseTimeout for a timeout).
+	KillCause string `json:"kill_cause,omitempty"`
+	// Killed is set when a kill was requested for the current or last
+	// attempt.
+	Killed bool `json:"killed,omitempty"`
+	// Vanished is set when the current or last attempt's container
+	// disappeared.
+	Vanished bool `json:"vanished,omitempty"`
+	// StaleExits counts containers of superseded attempts that were found
+	// and removed.
+	StaleExits int `json:"stale_exits,omitempty"`
+	// LostAttempts lists the attempts given up with their node: their
+	// containers may still exist, and their exits are stale.
+	LostAttempts []int `json:"lost_attempts,omitempty"`
 	// LastEventID is the envelope ID of the last event accepted for the task,
 	// the causation of the next derived event.
 	LastEventID string `json:"last_event_id,omitempty"`
@@ -120,6 +142,9 @@ type LogRef struct {
 func (t *Task) Active() bool {
 	return (t.Status == TaskStarting || t.Status == TaskStarted) && !t.AttemptEnded
 }
+
+// Lost reports whether an attempt was given up with its node.
+func (t *Task) Lost(attempt int) bool { return slices.Contains(t.LostAttempts, attempt) }
 
 // Queued reports whether the task waits for a slot.
 func (t *Task) Queued() bool {

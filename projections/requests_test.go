@@ -195,3 +195,43 @@ func TestIndexesForStatus(t *testing.T) {
 	s.TasksOlderThan(s.Tasks["t2"].SubmitSeq, func(t *Task) bool { ids = append(ids, t.ID); return true })
 	require.Equal(t, []string{"t1"}, ids)
 }
+
+func TestNodeLossAndStaleExits(t *testing.T) {
+	t.Parallel()
+	lost := func(attempt int) *events.TaskRetrying {
+		return &events.TaskRetrying{TaskID: "t1", Attempt: attempt, NextAttempt: attempt + 1, Cause: events.CauseNodeLost}
+	}
+	base := []step{
+		{p: node("n1", "tcp://a:2375", map[string]int{"cpu": 1})},
+		{p: &events.NodeUp{NodeID: "n1"}},
+		{p: node("n2", "tcp://b:2375", map[string]int{"cpu": 1})},
+		{p: &events.NodeUp{NodeID: "n2"}},
+		{p: &events.TaskSubmitted{TaskID: "t1", Name: "job", ExecutionType: "cpu", MaxRetries: 0, MaxNodeLosses: 1}},
+		{p: reserve("t1", 1, "n1", "cpu-1")},
+		{p: started("t1", 1, "n1")},
+	}
+	s := run(t, with(base,
+		step{p: lost(1), reject: "node n1 of task t1 is available, not unavailable"},
+		step{p: &events.NodeUnstable{NodeID: "n1"}},
+		step{p: lost(1), reject: "is unstable"},
+		step{p: &events.NodeDown{NodeID: "n1"}},
+		step{p: &events.TaskFailed{TaskID: "t1", Attempt: 1, Cause: events.CauseNodeLost}, reject: "it is requeued, not failed"},
+		step{p: lost(1)},
+		step{p: exited("t1", 1, "n1", 0), reject: "attempt 1 of task t1 is not running"},
+		step{p: &events.StaleAttemptExited{TaskID: "t1", Attempt: 1, NodeID: "n1", ExitCode: 0}},
+		step{p: &events.StaleAttemptExited{TaskID: "t1", Attempt: 1, NodeID: "n1", ExitCode: 0}, reject: "recorded already"},
+		step{p: reserve("t1", 2, "n2", "cpu-1")},
+		step{p: started("t1", 2, "n2")},
+		step{p: &events.StaleAttemptExited{TaskID: "t1", Attempt: 2, NodeID: "n2"}, reject: "was not lost with its node"},
+		step{p: &events.StaleAttemptExited{TaskID: "t1", Attempt: 9, NodeID: "n2"}, reject: "was not lost with its node"},
+		step{p: &events.NodeDown{NodeID: "n2"}},
+		step{p: lost(2), reject: "its cap"},
+		step{p: &events.TaskFailed{TaskID: "t1", Attempt: 2, Cause: events.CauseNodeLost}},
+	))
+	task := s.Tasks["t1"]
+	require.Equal(t, TaskFailed, task.Status)
+	require.Zero(t, task.TryCount, "node losses do not use up retries")
+	require.Equal(t, 1, task.NodeLosses)
+	require.Equal(t, 1, task.StaleExits)
+	require.Equal(t, SlotAvailable, s.Nodes["n1"].Slots[0].Status, "the lost attempt's slot is free")
+}

@@ -162,6 +162,8 @@ func (s *State) apply(env events.Envelope, p events.Payload) error {
 		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyRetryRequested(t) })
 	case *events.MarkedAsError:
 		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyMarkedAsError(t, p) })
+	case *events.StaleAttemptExited:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return applyStaleExited(t, p) })
 	case *events.TaskDeleted:
 		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyDeleted(t) })
 	case *events.NodeUpdated:

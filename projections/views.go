@@ -47,6 +47,9 @@ type TaskView struct {
 	NodeID     string  `json:"node_id,omitempty"`
 	NotBefore  *string `json:"not_before,omitempty"`
 	LogsBytes  int64   `json:"logs_bytes"`
+	// NodeLosses counts attempts lost with their node (they do not use up
+	// retries).
+	NodeLosses int `json:"node_losses,omitempty"`
 	// CancelRequested is set while a cancel is under way.
 	CancelRequested bool    `json:"cancel_requested,omitempty"`
 	EndedAt         *string `json:"ended_at,omitempty"`
@@ -86,6 +89,7 @@ func (s *State) NewTaskView(t *Task, now time.Time) TaskView {
 		NotBefore:      FormatTime(t.NotBefore),
 	}
 	v.CancelRequested = t.CancelRequested
+	v.NodeLosses = t.NodeLosses
 	v.EndedAt = FormatTime(t.EndedAt)
 	v.SubmitSeq = t.SubmitSeq
 	switch {

@@ -26,19 +26,24 @@ type cli struct {
 }
 
 type serveCmd struct {
-	Listen         string            `name:"listen" default:"127.0.0.1:8080" env:"BROKER_LISTEN" help:"Address of the HTTP API."`
-	DataDir        string            `name:"data-dir" default:"./broker-data" env:"BROKER_DATA_DIR" help:"Directory of the embedded NATS server's store."`
-	NATSURL        string            `name:"nats-url" env:"BROKER_NATS_URL" help:"Use this external NATS server (comma-separated URLs) instead of the embedded one."`
-	NATSConfig     string            `name:"nats-config" env:"BROKER_NATS_CONFIG" help:"Configuration file of the embedded NATS server, in the format of the repository's nats.conf (default: that file, built in)."`
-	NATSListen     string            `name:"nats-listen" env:"BROKER_NATS_LISTEN" help:"Client address of the embedded NATS server, overriding nats.conf (host:port; port -1 picks one; none opens no port)."`
-	LocalNode      string            `name:"local-node" default:"auto" enum:"auto,true,false" env:"BROKER_LOCAL_NODE" help:"Register the Docker engine at DOCKER_HOST or the default socket as a node: auto (when it answers), true (it must), false."`
-	LocalNodeSlots string            `name:"local-node-slots" default:"cpu=2" env:"BROKER_LOCAL_NODE_SLOTS" help:"Slots of the local node, e.g. cpu=2,network=10."`
-	StorageMount   map[string]string `name:"storage-mount" env:"BROKER_STORAGE_MOUNTS" mapsep:"," help:"Storage mount tasks may use, name=/host/path (repeatable)."`
-	HealthInterval time.Duration     `name:"health-interval" default:"1s" env:"BROKER_HEALTH_INTERVAL" help:"Interval of the nodes' health probes."`
-	HealthGrace    time.Duration     `name:"health-grace" default:"5s" env:"BROKER_HEALTH_GRACE" help:"How long a node may fail its probes before it is declared down."`
-	DockerCertPath string            `name:"docker-cert-path" env:"BROKER_DOCKER_CERT_PATH,DOCKER_CERT_PATH" help:"Directory with ca.pem, cert.pem and key.pem: the broker's client certificate for https:// nodes (Docker's TLS on 2376)."`
-	StopGrace      time.Duration     `name:"stop-grace" default:"10s" env:"BROKER_STOP_GRACE" help:"Time a cancelled task's container has between SIGTERM and SIGKILL."`
-	FailedTimeout  time.Duration     `name:"failed-timeout" default:"20h" env:"BROKER_FAILED_TIMEOUT" help:"How long a task stays failed before it is marked as error (the seed's timeout_tasks_after_hours); 0 disables it."`
+	Listen          string            `name:"listen" default:"127.0.0.1:8080" env:"BROKER_LISTEN" help:"Address of the HTTP API."`
+	DataDir         string            `name:"data-dir" default:"./broker-data" env:"BROKER_DATA_DIR" help:"Directory of the embedded NATS server's store."`
+	NATSURL         string            `name:"nats-url" env:"BROKER_NATS_URL" help:"Use this external NATS server (comma-separated URLs) instead of the embedded one."`
+	NATSConfig      string            `name:"nats-config" env:"BROKER_NATS_CONFIG" help:"Configuration file of the embedded NATS server, in the format of the repository's nats.conf (default: that file, built in)."`
+	NATSListen      string            `name:"nats-listen" env:"BROKER_NATS_LISTEN" help:"Client address of the embedded NATS server, overriding nats.conf (host:port; port -1 picks one; none opens no port)."`
+	LocalNode       string            `name:"local-node" default:"auto" enum:"auto,true,false" env:"BROKER_LOCAL_NODE" help:"Register the Docker engine at DOCKER_HOST or the default socket as a node: auto (when it answers), true (it must), false."`
+	LocalNodeSlots  string            `name:"local-node-slots" default:"cpu=2" env:"BROKER_LOCAL_NODE_SLOTS" help:"Slots of the local node, e.g. cpu=2,network=10."`
+	StorageMount    map[string]string `name:"storage-mount" env:"BROKER_STORAGE_MOUNTS" mapsep:"," help:"Storage mount tasks may use, name=/host/path (repeatable)."`
+	HealthInterval  time.Duration     `name:"health-interval" default:"1s" env:"BROKER_HEALTH_INTERVAL" help:"Interval of the nodes' health probes."`
+	HealthGrace     time.Duration     `name:"health-grace" default:"5s" env:"BROKER_HEALTH_GRACE" help:"How long a node may fail its probes before it is declared down."`
+	DockerCertPath  string            `name:"docker-cert-path" env:"BROKER_DOCKER_CERT_PATH,DOCKER_CERT_PATH" help:"Directory with ca.pem, cert.pem and key.pem: the broker's client certificate for https:// nodes (Docker's TLS on 2376)."`
+	MaxRetries      int               `name:"max-retries" default:"3" env:"BROKER_MAX_RETRIES" help:"Retries of a task that does not give max_retries (the seed's task_retry_count)."`
+	RetryBackoffMin time.Duration     `name:"retry-backoff-min" default:"1s" env:"BROKER_RETRY_BACKOFF_MIN" help:"Pause before a first retry; it doubles with every retry, with jitter (0: retry at once, as the seed)."`
+	RetryBackoffMax time.Duration     `name:"retry-backoff-max" default:"1m" env:"BROKER_RETRY_BACKOFF_MAX" help:"Longest pause before a retry."`
+	MaxNodeLosses   int               `name:"max-node-losses" default:"5" env:"BROKER_MAX_NODE_LOSSES" help:"How often a task's attempt may be lost with its node before the task fails (these do not use up retries)."`
+	TaskTimeout     time.Duration     `name:"task-timeout" default:"0s" env:"BROKER_TASK_TIMEOUT" help:"Longest run of an attempt of a task that does not give a timeout (0: no limit)."`
+	StopGrace       time.Duration     `name:"stop-grace" default:"10s" env:"BROKER_STOP_GRACE" help:"Time a cancelled task's container has between SIGTERM and SIGKILL."`
+	FailedTimeout   time.Duration     `name:"failed-timeout" default:"20h" env:"BROKER_FAILED_TIMEOUT" help:"How long a task stays failed before it is marked as error (the seed's timeout_tasks_after_hours); 0 disables it."`
 }
 
 func (s *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
@@ -51,6 +56,8 @@ func (s *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 		LocalNode: s.LocalNode, LocalNodeSlots: slots, Mounts: s.StorageMount,
 		HealthInterval: s.HealthInterval, HealthGrace: s.HealthGrace, StopGrace: s.StopGrace, DockerCertPath: s.DockerCertPath,
 		FailedTimeout: failedTimeout(s.FailedTimeout), Logger: log,
+		MaxRetries: zeroAsNone(s.MaxRetries), RetryBackoffMin: s.RetryBackoffMin, RetryBackoffMax: s.RetryBackoffMax,
+		MaxNodeLosses: zeroAsNone(s.MaxNodeLosses), TaskTimeout: s.TaskTimeout,
 	})
 	if err != nil {
 		return err
@@ -61,6 +68,15 @@ func (s *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	log.InfoContext(ctx, "broker stopped")
 	return nil
+}
+
+// zeroAsNone maps a flag's 0 (none) to the config's negative (its 0 means
+// the default).
+func zeroAsNone(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // failedTimeout maps the flag's 0 (disabled) to the config's negative.

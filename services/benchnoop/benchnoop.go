@@ -50,6 +50,9 @@ func (Runtime) Remove(context.Context, runtime.Node, string) error { return nil 
 // Kill implements runtime.Runtime.
 func (Runtime) Kill(context.Context, runtime.Node, string) error { return nil }
 
+// List implements runtime.Runtime: there are no containers.
+func (Runtime) List(context.Context, runtime.Node, string) ([]runtime.Found, error) { return nil, nil }
+
 // Stop implements runtime.Runtime.
 func (Runtime) Stop(context.Context, runtime.Node, string, time.Duration) error { return nil }
 

@@ -11,11 +11,14 @@ import (
 	"log/slog"
 	"net/url"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/jsonmessage"
@@ -117,16 +120,22 @@ func (r *Runtime) Supports(hostname string) bool {
 	return err == nil
 }
 
-// Client returns the Docker client of a node address.
-func (r *Runtime) Client(hostname string) (*client.Client, error) {
+// Client returns the Docker client of a node address, its API version
+// negotiated. Negotiating eagerly, once, matters: the client negotiates
+// lazily on a first request otherwise, and some of its calls
+// (ContainerList) read the version without waiting for that, a data race
+// when calls run concurrently. A client whose node does not answer is not
+// kept.
+func (r *Runtime) Client(ctx context.Context, hostname string) (*client.Client, error) {
 	addr, err := ParseHost(hostname)
 	if err != nil {
 		return nil, err
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	key := hostname // https and tcp to the same host:port are different clients
-	if c, ok := r.clients[key]; ok {
+	r.mu.Lock()
+	c, ok := r.clients[key]
+	r.mu.Unlock()
+	if ok {
 		return c, nil
 	}
 	opts := []client.Opt{client.WithHost(addr.Host), client.WithAPIVersionNegotiation()}
@@ -137,9 +146,23 @@ func (r *Runtime) Client(hostname string) (*client.Client, error) {
 		opts = append(opts, client.WithTLSClientConfig(
 			filepath.Join(r.cfg.CertPath, "ca.pem"), filepath.Join(r.cfg.CertPath, "cert.pem"), filepath.Join(r.cfg.CertPath, "key.pem")))
 	}
-	c, err := client.NewClientWithOpts(opts...)
+	c, err = client.NewClientWithOpts(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("docker client for %s: %w", hostname, err)
+	}
+	// Negotiate outside the lock: a node that does not answer must not hold
+	// up the others.
+	ping, err := c.Ping(ctx)
+	if err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	c.NegotiateAPIVersionPing(ping)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if other, ok := r.clients[key]; ok { // another goroutine was faster
+		_ = c.Close()
+		return other, nil
 	}
 	r.clients[key] = c
 	return c, nil
@@ -147,7 +170,7 @@ func (r *Runtime) Client(hostname string) (*client.Client, error) {
 
 // Ping implements runtime.Runtime.
 func (r *Runtime) Ping(ctx context.Context, node runtime.Node) error {
-	cli, err := r.Client(node.Hostname)
+	cli, err := r.Client(ctx, node.Hostname)
 	if err != nil {
 		return err
 	}
@@ -157,7 +180,7 @@ func (r *Runtime) Ping(ctx context.Context, node runtime.Node) error {
 
 // Start implements runtime.Runtime.
 func (r *Runtime) Start(ctx context.Context, node runtime.Node, spec runtime.Spec) (runtime.Container, error) {
-	cli, err := r.Client(node.Hostname)
+	cli, err := r.Client(ctx, node.Hostname)
 	if err != nil {
 		return nil, &runtime.StartError{Msg: err.Error(), NodeFault: true}
 	}
@@ -251,7 +274,7 @@ func startError(what string, err error) error {
 
 // Attach implements runtime.Runtime.
 func (r *Runtime) Attach(ctx context.Context, node runtime.Node, spec runtime.Spec) (runtime.Container, error) {
-	cli, err := r.Client(node.Hostname)
+	cli, err := r.Client(ctx, node.Hostname)
 	if err != nil {
 		return nil, err
 	}
@@ -286,7 +309,7 @@ func (r *Runtime) attach(ctx context.Context, cli *client.Client, spec runtime.S
 
 // Logs implements runtime.Runtime.
 func (r *Runtime) Logs(ctx context.Context, node runtime.Node, name string, limit int64) ([]byte, bool, error) {
-	cli, err := r.Client(node.Hostname)
+	cli, err := r.Client(ctx, node.Hostname)
 	if err != nil {
 		return nil, false, err
 	}
@@ -324,7 +347,7 @@ func (r *Runtime) owned(ctx context.Context, cli *client.Client, name, action st
 // Remove implements runtime.Runtime. It only removes containers that carry
 // the broker's label.
 func (r *Runtime) Remove(ctx context.Context, node runtime.Node, name string) error {
-	cli, err := r.Client(node.Hostname)
+	cli, err := r.Client(ctx, node.Hostname)
 	if err != nil {
 		return err
 	}
@@ -342,7 +365,7 @@ func (r *Runtime) Remove(ctx context.Context, node runtime.Node, name string) er
 // Kill implements runtime.Runtime, for containers that carry the broker's
 // label.
 func (r *Runtime) Kill(ctx context.Context, node runtime.Node, name string) error {
-	cli, err := r.Client(node.Hostname)
+	cli, err := r.Client(ctx, node.Hostname)
 	if err != nil {
 		return err
 	}
@@ -360,7 +383,7 @@ func (r *Runtime) Kill(ctx context.Context, node runtime.Node, name string) erro
 // Stop implements runtime.Runtime, for containers that carry the broker's
 // label.
 func (r *Runtime) Stop(ctx context.Context, node runtime.Node, name string, grace time.Duration) error {
-	cli, err := r.Client(node.Hostname)
+	cli, err := r.Client(ctx, node.Hostname)
 	if err != nil {
 		return err
 	}
@@ -374,6 +397,36 @@ func (r *Runtime) Stop(ctx context.Context, node runtime.Node, name string, grac
 		return fmt.Errorf("stopping container %s: %w", name, err)
 	}
 	return nil
+}
+
+// List implements runtime.Runtime.
+func (r *Runtime) List(ctx context.Context, node runtime.Node, brokerID string) ([]runtime.Found, error) {
+	cli, err := r.Client(ctx, node.Hostname)
+	if err != nil {
+		return nil, err
+	}
+	list, err := cli.ContainerList(ctx, container.ListOptions{
+		All:     true,
+		Filters: filters.NewArgs(filters.Arg("label", runtime.LabelBroker+"="+brokerID)),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing containers: %w", err)
+	}
+	found := make([]runtime.Found, 0, len(list))
+	for _, c := range list {
+		f := runtime.Found{TaskID: c.Labels[runtime.LabelTask], Running: c.State == "running" || c.State == "restarting" || c.State == "paused"}
+		f.Attempt, _ = strconv.Atoi(c.Labels[runtime.LabelAttempt])
+		if len(c.Names) > 0 {
+			f.Name = strings.TrimPrefix(c.Names[0], "/")
+		}
+		if !f.Running {
+			if info, err := cli.ContainerInspect(ctx, c.ID); err == nil {
+				f.ExitCode = info.State.ExitCode
+			}
+		}
+		found = append(found, f)
+	}
+	return found, nil
 }
 
 type handle struct {
@@ -403,7 +456,7 @@ func (h *handle) Wait(ctx context.Context) (runtime.Exit, error) {
 	}
 	info, err := h.cli.ContainerInspect(ctx, h.id)
 	if err != nil {
-		exit := runtime.Exit{Code: int(resp.StatusCode), StartedAt: h.started, FinishedAt: time.Now()}
+		exit := runtime.Exit{Code: int(resp.StatusCode), StartedAt: h.started, FinishedAt: time.Now(), Vanished: cerrdefs.IsNotFound(err)}
 		if resp.Error != nil {
 			exit.Error = resp.Error.Message
 		}

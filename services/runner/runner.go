@@ -51,9 +51,13 @@ type Config struct {
 	// FinishTimeout bounds the work after a container exited (archive,
 	// report, remove), which goes on after a stop signal. Defaults to 30s.
 	FinishTimeout time.Duration
-	// StopGrace is how long a cancelled task's container has between SIGTERM
-	// and SIGKILL. Defaults to 10s.
+	// StopGrace is how long a cancelled (or timed out) task's container has
+	// between SIGTERM and SIGKILL. Defaults to 10s.
 	StopGrace time.Duration
+	// ReconcileInterval is how often every owned node's containers are
+	// compared with the fold (also at start and whenever a node comes
+	// back). Defaults to 30s.
+	ReconcileInterval time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -68,9 +72,11 @@ type Runner struct {
 	log *slog.Logger
 	obs jetstream.ObjectStore
 
-	mu        sync.Mutex
-	attempts  map[attemptKey]bool // in flight; true once its goroutine ended
-	signalled map[attemptKey]bool // kill or stop sent to the attempt's container
+	mu          sync.Mutex
+	attempts    map[attemptKey]bool               // in flight; true once its goroutine ended
+	signalled   map[attemptKey]bool               // kill or stop sent to the attempt's container
+	nodes       map[string]projections.NodeStatus // last status seen per owned node
+	reconciling map[string]bool                   // node ids with a reconciliation under way
 }
 
 // signal is a kill (the seed's kill_container) or a stop (a cancel) for a
@@ -125,12 +131,16 @@ func New(cfg Config) (*Runner, error) {
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = 10 * time.Second
 	}
+	if cfg.ReconcileInterval <= 0 {
+		cfg.ReconcileInterval = 30 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	return &Runner{
 		cfg: cfg, log: cfg.Logger.With(slog.String("component", "runner")),
 		attempts: map[attemptKey]bool{}, signalled: map[attemptKey]bool{},
+		nodes: map[string]projections.NodeStatus{}, reconciling: map[string]bool{},
 	}, nil
 }
 
@@ -150,9 +160,13 @@ func (r *Runner) Run(ctx context.Context) error {
 	r.log.InfoContext(ctx, "runner started")
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	ticker := time.NewTicker(r.cfg.ReconcileInterval)
+	defer ticker.Stop()
+	all := false // reconcile every owned node, not only those that came back
 	for {
 		changed := r.cfg.Replica.Changed()
-		jobs, signals := r.collect()
+		jobs, signals, nodes := r.collect(all)
+		all = false
 		for _, j := range jobs {
 			wg.Go(func() {
 				r.run(ctx, j)
@@ -164,8 +178,18 @@ func (r *Runner) Run(ctx context.Context) error {
 		for _, s := range signals {
 			wg.Go(func() { r.signal(ctx, s) })
 		}
+		for _, n := range nodes {
+			wg.Go(func() {
+				r.reconcile(ctx, n)
+				r.mu.Lock()
+				delete(r.reconciling, n.ID)
+				r.mu.Unlock()
+			})
+		}
 		select {
 		case <-changed:
+		case <-ticker.C:
+			all = true
 		case <-ctx.Done():
 			return nil
 		}
@@ -173,16 +197,35 @@ func (r *Runner) Run(ctx context.Context) error {
 }
 
 // collect returns the active attempts on owned nodes that have no goroutine
-// yet and the kills and stops the fold asks for, and forgets attempts the
-// fold has moved past.
-func (r *Runner) collect() ([]job, []signal) {
+// yet, the kills and stops the fold asks for, and the owned nodes to
+// reconcile: those that just became available (at start: all), or all when
+// all is set. It forgets attempts the fold has moved past.
+func (r *Runner) collect(all bool) ([]job, []signal, []runtime.Node) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var (
 		jobs    []job
 		signals []signal
+		nodes   []runtime.Node
 	)
 	r.cfg.Replica.Read(func(s *projections.State) {
+		for id, n := range s.Nodes {
+			if r.cfg.Owns != nil && !r.cfg.Owns(id) {
+				continue
+			}
+			prev, seen := r.nodes[id]
+			r.nodes[id] = n.Status
+			back := n.Status == projections.NodeAvailable && (!seen || prev != projections.NodeAvailable)
+			if (back || (all && n.Status == projections.NodeAvailable)) && !r.reconciling[id] {
+				r.reconciling[id] = true
+				nodes = append(nodes, runtime.Node{ID: n.ID, Hostname: n.Hostname})
+			}
+		}
+		for id := range r.nodes {
+			if _, ok := s.Nodes[id]; !ok {
+				delete(r.nodes, id)
+			}
+		}
 		gone := func(key attemptKey) bool {
 			t := s.Tasks[key.task]
 			return t == nil || t.Attempt != key.attempt || !t.Active()
@@ -207,14 +250,17 @@ func (r *Runner) collect() ([]job, []signal) {
 				r.attempts[key] = false
 				jobs = append(jobs, r.newJob(t, n))
 			}
-			kill := t.KillRequested == t.Attempt
-			if (kill || t.CancelRequested) && t.Status == projections.TaskStarted && !r.signalled[key] {
+			// A client's kill is a SIGKILL; a cancel or a timeout stops
+			// gracefully.
+			requested := t.KillRequested == t.Attempt || t.CancelRequested
+			kill := t.KillRequested == t.Attempt && t.KillCause != events.CauseTimeout
+			if requested && t.Status == projections.TaskStarted && !r.signalled[key] {
 				r.signalled[key] = true
 				signals = append(signals, signal{key: key, node: runtime.Node{ID: n.ID, Hostname: n.Hostname}, name: t.ContainerName, kill: kill})
 			}
 		}
 	})
-	return jobs, signals
+	return jobs, signals, nodes
 }
 
 // signal kills or stops an attempt's container; its exit is then reported
@@ -364,7 +410,7 @@ func (r *Runner) attach(ctx context.Context, rt runtime.Runtime, j job) (runtime
 }
 
 func (r *Runner) vanished(ctx context.Context, j job, msg string) error {
-	err := r.propose(ctx, j, &events.ContainerExited{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID, ExitCode: -1, Error: msg})
+	err := r.propose(ctx, j, &events.ContainerExited{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID, ExitCode: -1, Vanished: true, Error: msg})
 	if err == nil {
 		return errors.New(msg)
 	}
@@ -410,8 +456,14 @@ func (r *Runner) finish(ctx context.Context, rt runtime.Runtime, j job, exit run
 			return
 		}
 	}
+	if r.lost(j.key) {
+		// The attempt was given up with its node while it ran: its exit is
+		// stale and must not change the task.
+		r.fence(ctx, rt, j.node, runtime.Found{Name: j.spec.Name, TaskID: j.key.task, Attempt: j.key.attempt, ExitCode: exit.Code})
+		return
+	}
 	if err := r.propose(ctx, j, &events.ContainerExited{
-		TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID,
+		TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID, Vanished: exit.Vanished,
 		ExitCode: exit.Code, OOMKilled: exit.OOMKilled, Error: exit.Error,
 		StartedAt: events.Time(exit.StartedAt), FinishedAt: events.Time(exit.FinishedAt),
 	}); err != nil {

@@ -36,8 +36,11 @@ type Spec struct {
 
 // Exit is how a container ended.
 type Exit struct {
-	Code       int
-	OOMKilled  bool
+	Code      int
+	OOMKilled bool
+	// Vanished is set when the container was gone when its end was looked
+	// up (removed by someone else).
+	Vanished   bool
 	Error      string
 	StartedAt  time.Time
 	FinishedAt time.Time
@@ -90,6 +93,19 @@ type Runtime interface {
 	// Stop sends SIGTERM to the container, then SIGKILL after grace. A
 	// container that does not run is not an error.
 	Stop(ctx context.Context, node Node, name string, grace time.Duration) error
+	// List returns the containers on the node labelled with brokerID,
+	// running or not.
+	List(ctx context.Context, node Node, brokerID string) ([]Found, error)
+}
+
+// Found is a container of the broker's found on a node.
+type Found struct {
+	Name    string
+	TaskID  string
+	Attempt int
+	Running bool
+	// ExitCode is meaningful when the container does not run.
+	ExitCode int
 }
 
 // Set picks the runtime for a node among several.

@@ -6,6 +6,7 @@ package scheduler
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"github.com/cbroker/broker/events"
@@ -15,9 +16,9 @@ import (
 
 // Policy holds what the scheduler resolves into its decisions.
 type Policy struct {
-	// RetryDelay returns the pause before the next attempt of a task whose
-	// attempt number attempt failed. Nil means retry at once, as the seed.
-	RetryDelay func(taskID string, attempt int) time.Duration
+	// Jitter returns a number in [0, 1) that spreads retry delays. Defaults
+	// to math/rand; tests fix it.
+	Jitter func() float64
 	// FailedTimeout is how long a task may stay failed before the scheduler
 	// marks it as error, as the seed's timeout_tasks_after_hours (20 h). Zero
 	// disables it.
@@ -44,10 +45,62 @@ type Policy struct {
 func Decide(s *projections.State, now time.Time, policy Policy) ([]actor.Proposal, time.Time) {
 	ps := decideOutcomes(s, now, policy)
 	ps = append(ps, decideCancels(s)...)
+	ps = append(ps, decideLostAttempts(s)...)
+	kills, wakeKill := decideTimeouts(s, now)
+	ps = append(ps, kills...)
 	timeouts, wake := decideFailedTimeouts(s, now, policy.FailedTimeout)
 	ps = append(ps, timeouts...)
 	reservations, wakeRetry := decideReservations(s, now, policy.Mounts)
-	return append(ps, reservations...), earliest(wake, wakeRetry)
+	return append(ps, reservations...), earliest(earliest(wake, wakeRetry), wakeKill)
+}
+
+// decideLostAttempts requeues the attempts whose node went down, at once and
+// without using up a retry, or fails the task once it has lost
+// MaxNodeLosses attempts that way.
+func decideLostAttempts(s *projections.State) []actor.Proposal {
+	var ps []actor.Proposal
+	for _, t := range s.ActiveTasks() {
+		if n, ok := s.Nodes[t.NodeID]; ok && n.Status != projections.NodeUnavailable {
+			continue
+		}
+		if t.CancelRequested {
+			ps = append(ps, proposal(t, &events.TaskCancelled{TaskID: t.ID, Attempt: t.Attempt}))
+			continue
+		}
+		if t.NodeLosses >= t.MaxNodeLosses {
+			ps = append(ps, proposal(t, &events.TaskFailed{
+				TaskID: t.ID, Attempt: t.Attempt, Cause: events.CauseNodeLost,
+				Error: "the attempt's node " + t.NodeID + " went down",
+			}))
+			continue
+		}
+		ps = append(ps, proposal(t, &events.TaskRetrying{
+			TaskID: t.ID, Attempt: t.Attempt, NextAttempt: t.Attempt + 1,
+			Cause: events.CauseNodeLost, Error: "the attempt's node " + t.NodeID + " went down",
+		}))
+	}
+	return ps
+}
+
+// decideTimeouts stops the attempts that have run longer than their task's
+// timeout, and returns when the next one is due.
+func decideTimeouts(s *projections.State, now time.Time) ([]actor.Proposal, time.Time) {
+	var (
+		ps   []actor.Proposal
+		wake time.Time
+	)
+	for _, t := range s.ActiveTasks() {
+		if t.Timeout <= 0 || t.Status != projections.TaskStarted || t.Killed || t.StartedAt.IsZero() {
+			continue
+		}
+		due := t.StartedAt.Add(t.Timeout)
+		if due.After(now) {
+			wake = earliest(wake, due)
+			continue
+		}
+		ps = append(ps, proposal(t, &events.KillRequested{TaskID: t.ID, Attempt: t.Attempt, Cause: events.CauseTimeout}))
+	}
+	return ps, wake
 }
 
 // earliest returns the earlier of two wake times; zero means none.
@@ -101,16 +154,58 @@ func decideFailedTimeouts(s *projections.State, now time.Time, timeout time.Dura
 	return ps, wake
 }
 
+// RetryDelay is the pause before a task's next retry: the task's minimum
+// backoff doubled for every retry it has used, at most its maximum, with
+// "equal jitter" (half of it fixed, half random) so that tasks failing
+// together do not retry together. Zero when the task has no backoff.
+func RetryDelay(t *projections.Task, jitter float64) time.Duration {
+	if t.RetryBackoffMin <= 0 {
+		return 0
+	}
+	d := t.RetryBackoffMin
+	for range t.TryCount {
+		if d >= t.RetryBackoffMax/2 {
+			d = t.RetryBackoffMax
+			break
+		}
+		d *= 2
+	}
+	d = min(d, max(t.RetryBackoffMax, t.RetryBackoffMin))
+	return d/2 + time.Duration(jitter*float64(d/2))
+}
+
+// failureCause says why an ended attempt failed, for its retrying or
+// failed event.
+func failureCause(t *projections.Task) (cause, msg string) {
+	msg = t.Error
+	switch {
+	case t.StartFailed:
+		return events.CauseStartError, msg
+	case t.Vanished:
+		return events.CauseVanished, msg
+	case t.Killed && t.KillCause == events.CauseTimeout:
+		return events.CauseTimeout, fmt.Sprintf("the attempt ran longer than the task's timeout (%s) and was stopped", t.Timeout)
+	case t.Killed:
+		cause = events.CauseKilled
+	default:
+		cause = events.CauseExitCode
+	}
+	if msg == "" && t.ExitCode != nil {
+		msg = fmt.Sprintf("container exited with code %d", *t.ExitCode)
+	}
+	return cause, msg
+}
+
 func decideOutcomes(s *projections.State, now time.Time, policy Policy) []actor.Proposal {
 	var ps []actor.Proposal
+	jitter := policy.Jitter
+	if jitter == nil {
+		jitter = rand.Float64
+	}
 	for _, t := range s.AwaitingDecision() {
 		var payload events.Payload
-		cause, msg, code := events.CauseExitCode, t.Error, copyCode(t.ExitCode)
-		if t.StartFailed {
-			cause = events.CauseStartError
-		} else if msg == "" && t.ExitCode != nil {
-			msg = fmt.Sprintf("container exited with code %d", *t.ExitCode)
-		}
+		cause, msg := failureCause(t)
+		code := copyCode(t.ExitCode)
 		switch {
 		case !t.StartFailed && t.ExitCode != nil && *t.ExitCode == 0:
 			payload = &events.TaskCompleted{TaskID: t.ID, Attempt: t.Attempt, ExitCode: 0}
@@ -118,10 +213,8 @@ func decideOutcomes(s *projections.State, now time.Time, policy Policy) []actor.
 			payload = &events.TaskCancelled{TaskID: t.ID, Attempt: t.Attempt}
 		case t.TryCount < t.MaxRetries:
 			var notBefore time.Time
-			if policy.RetryDelay != nil {
-				if d := policy.RetryDelay(t.ID, t.Attempt); d > 0 {
-					notBefore = events.Time(now.Add(d))
-				}
+			if d := RetryDelay(t, jitter()); d > 0 {
+				notBefore = events.Time(now.Add(d))
 			}
 			payload = &events.TaskRetrying{
 				TaskID: t.ID, Attempt: t.Attempt, NextAttempt: t.Attempt + 1,

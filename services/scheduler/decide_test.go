@@ -177,7 +177,11 @@ func TestDecideReportsWhenARetryIsDue(t *testing.T) {
 func TestDecideOutcomes(t *testing.T) {
 	t.Parallel()
 	attempt := func(code int, retriesUsed int) []events.Payload {
-		ps := concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}), []events.Payload{submit("t1", "cpu")})
+		sub := submit("t1", "cpu")
+		if retriesUsed == 1 { // the backoff case: 2 s doubled once is 4 s, half fixed, half jittered
+			sub.RetryBackoffMinMs, sub.RetryBackoffMaxMs = 2000, 60000
+		}
+		ps := concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}), []events.Payload{sub})
 		for a := 1; a <= retriesUsed+1; a++ {
 			ps = append(ps,
 				&events.SlotReserved{TaskID: "t1", Attempt: a, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
@@ -201,9 +205,9 @@ func TestDecideOutcomes(t *testing.T) {
 		},
 		"RetryDelayIsResolvedIntoTheEvent": {
 			events: attempt(3, 1),
-			policy: Policy{RetryDelay: func(string, int) time.Duration { return 2 * time.Second }},
+			policy: Policy{Jitter: func() float64 { return 0.5 }},
 			want: &events.TaskRetrying{
-				TaskID: "t1", Attempt: 2, NextAttempt: 3, NotBefore: now.Add(2 * time.Second),
+				TaskID: "t1", Attempt: 2, NextAttempt: 3, NotBefore: now.Add(3 * time.Second),
 				Cause: events.CauseExitCode, Error: "container exited with code 3", ExitCode: new(3),
 			},
 		},
@@ -379,4 +383,76 @@ func payloads(ps []actor.Proposal) []events.Payload {
 		out = append(out, p.Payload)
 	}
 	return out
+}
+
+func TestRetryDelay(t *testing.T) {
+	t.Parallel()
+	task := &projections.Task{RetryBackoffMin: time.Second, RetryBackoffMax: 10 * time.Second}
+	var got []time.Duration
+	for retries := range 6 {
+		task.TryCount = retries
+		got = append(got, RetryDelay(task, 1))
+	}
+	// Full jitter at the top of its range: 1, 2, 4, 8, then the maximum.
+	require.Equal(t, []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second}, got)
+	task.TryCount = 2
+	require.Equal(t, 2*time.Second, RetryDelay(task, 0), "half of the delay is fixed")
+	require.Zero(t, RetryDelay(&projections.Task{}, 0.7), "no backoff: retry at once, as the seed")
+}
+
+func TestDecideFailover(t *testing.T) {
+	t.Parallel()
+	running := func(losses int) *projections.State {
+		sub := submit("t1", "cpu")
+		sub.MaxNodeLosses = losses
+		return fold(t, concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}), nodeUp("n2", "tcp://b:1", map[string]int{"cpu": 1}), []events.Payload{
+			sub,
+			&events.SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
+			&events.ContainerStarted{TaskID: "t1", Attempt: 1, NodeID: "n1"},
+			&events.NodeUnstable{NodeID: "n1"},
+		})...)
+	}
+	s := running(3)
+	ps, _ := Decide(s, now, Policy{})
+	require.Empty(t, ps, "an unstable node keeps its attempts")
+	apply(t, s, &events.NodeDown{NodeID: "n1"})
+	ps, _ = Decide(s, now, Policy{})
+	require.Len(t, ps, 1)
+	lost, ok := ps[0].Payload.(*events.TaskRetrying)
+	require.True(t, ok)
+	require.Equal(t, events.CauseNodeLost, lost.Cause)
+	apply(t, s, lost)
+	ps, _ = Decide(s, now, Policy{})
+	require.Equal(t, []string{"t1@n2/cpu-1#2"}, reservations(ps), "the attempt runs again elsewhere, at once")
+	require.Zero(t, s.Tasks["t1"].TryCount)
+
+	s = running(0)
+	apply(t, s, &events.NodeDown{NodeID: "n1"})
+	ps, _ = Decide(s, now, Policy{})
+	require.IsType(t, &events.TaskFailed{}, ps[0].Payload, "no node losses allowed: the task fails")
+	apply(t, s, ps[0].Payload)
+	require.Equal(t, projections.TaskFailed, s.Tasks["t1"].Status)
+}
+
+func TestDecideTimeouts(t *testing.T) {
+	t.Parallel()
+	sub := submit("t1", "cpu")
+	sub.TimeoutMs = 30000
+	s := fold(t, concat(nodeUp("n1", "tcp://a:1", map[string]int{"cpu": 1}), []events.Payload{
+		sub,
+		&events.SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"},
+		&events.ContainerStarted{TaskID: "t1", Attempt: 1, NodeID: "n1", StartedAt: now},
+	})...)
+	ps, wake := Decide(s, now.Add(10*time.Second), Policy{})
+	require.Empty(t, ps)
+	require.Equal(t, now.Add(30*time.Second), wake)
+	ps, _ = Decide(s, now.Add(30*time.Second), Policy{})
+	require.Equal(t, []events.Payload{&events.KillRequested{TaskID: "t1", Attempt: 1, Cause: events.CauseTimeout}}, payloads(ps))
+	apply(t, s, ps[0].Payload)
+	apply(t, s, &events.ContainerExited{TaskID: "t1", Attempt: 1, NodeID: "n1", ExitCode: 143})
+	ps, _ = Decide(s, now.Add(31*time.Second), Policy{Jitter: func() float64 { return 0 }})
+	retry, ok := ps[0].Payload.(*events.TaskRetrying)
+	require.True(t, ok)
+	require.Equal(t, events.CauseTimeout, retry.Cause)
+	require.Contains(t, retry.Error, "longer than the task's timeout (30s)")
 }

@@ -78,6 +78,15 @@ type Config struct {
 	// StopGrace is how long a cancelled task's container has between SIGTERM
 	// and SIGKILL. Defaults to 10s.
 	StopGrace time.Duration
+	// Retry policy of tasks that do not give their own: MaxRetries defaults
+	// to 3 (negative: none); the backoff doubles from RetryBackoffMin up to
+	// RetryBackoffMax with jitter (zero: retry at once); MaxNodeLosses
+	// defaults to 5 (negative: none); TaskTimeout bounds an attempt (zero:
+	// no limit).
+	MaxRetries                       int
+	RetryBackoffMin, RetryBackoffMax time.Duration
+	MaxNodeLosses                    int
+	TaskTimeout                      time.Duration
 	// FailedTimeout is how long a task stays failed before it is marked as
 	// error. Defaults to 20h, as the seed; negative disables it.
 	FailedTimeout time.Duration
@@ -351,6 +360,8 @@ func (a *App) components(ctx context.Context) (map[string]func(context.Context) 
 	}
 	gw, err := gateway.New(gateway.Config{
 		Replica: a.Replica, JetStream: a.js, Mounts: a.cfg.Mounts, Actor: a.cfg.Instance + "/gateway", Logger: a.log,
+		MaxRetries: a.cfg.MaxRetries, RetryBackoffMin: a.cfg.RetryBackoffMin, RetryBackoffMax: a.cfg.RetryBackoffMax,
+		MaxNodeLosses: a.cfg.MaxNodeLosses, TaskTimeout: a.cfg.TaskTimeout,
 		Logs:          &runner.LogReader{Replica: a.Replica, JS: a.js, Runtimes: a.cfg.Runtimes},
 		CheckHostname: checkHostname,
 	})
