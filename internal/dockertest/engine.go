@@ -173,7 +173,25 @@ func (p *Private) remove() {
 		_ = p.Client.Close()
 	}
 	_ = exec.CommandContext(context.Background(), "ip", "link", "del", p.bridge).Run()
+	unmountUnder(p.dir) // dockerd bind-mounts its data root onto itself
 	_ = os.RemoveAll(p.dir)
+}
+
+// unmountUnder detaches every mount below dir, deepest first.
+func unmountUnder(dir string) {
+	raw, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return
+	}
+	var points []string
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], dir+"/") {
+			points = append(points, f[1])
+		}
+	}
+	for i := len(points) - 1; i >= 0; i-- {
+		_ = syscall.Unmount(points[i], syscall.MNT_DETACH)
+	}
 }
 
 // loadImage copies the test image from another engine.
