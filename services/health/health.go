@@ -100,6 +100,10 @@ func (m *Monitor) Run(ctx context.Context) error {
 
 // Probe probes every owned node once and proposes the transitions it saw.
 func (m *Monitor) Probe(ctx context.Context) {
+	// The round's start times its results, so that rounds are exactly one
+	// interval apart and the grace ends on the round it should, not one
+	// later because a ping returned a few microseconds sooner.
+	now := m.cfg.Now()
 	var probes []*probe
 	m.cfg.Replica.Read(func(s *projections.State) {
 		for _, n := range s.SortedNodes() {
@@ -125,7 +129,6 @@ func (m *Monitor) Probe(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
-	now := m.cfg.Now()
 	var proposals []actor.Proposal
 	seen := map[string]bool{}
 	for _, p := range probes {
@@ -164,7 +167,9 @@ func (m *Monitor) transition(p *probe, now time.Time) events.Payload {
 	switch {
 	case p.status == projections.NodeAvailable:
 		return &events.NodeUnstable{NodeID: p.node.ID, Error: p.err.Error(), At: at}
-	case p.status == projections.NodeUnstable && now.Sub(since) >= m.cfg.Grace:
+	// Half an interval of slack: rounds are an interval apart, give or take
+	// scheduling, and the grace must end on the round it falls on.
+	case p.status == projections.NodeUnstable && now.Sub(since) >= m.cfg.Grace-m.cfg.Interval/2:
 		return &events.NodeDown{NodeID: p.node.ID, Error: p.err.Error(), At: at}
 	}
 	return nil

@@ -154,7 +154,9 @@ func testFailover(t *testing.T, liveRestore bool) {
 	survivor := b.addNode(t, shared, map[string]int{"cpu": 1})
 	require.Equal(t, http.StatusOK, b.post(t, http.MethodPost, "/nodes/"+survivor+"/reject_new_tasks"))
 
-	tk := b.submit(t, "survives", dockertest.Image, "sleep 10; echo finished", "cpu")
+	// Long enough that with --live-restore the stale container still runs
+	// when its engine is back (failover ~6 s, engine restart ~3 s).
+	tk := b.submit(t, "survives", dockertest.Image, "sleep 20; echo finished", "cpu")
 	b.waitStatus(t, tk.UUID, "started")
 	require.Equal(t, doomed, b.nodeOf(t, tk.UUID))
 	require.Equal(t, http.StatusOK, b.post(t, http.MethodPost, "/nodes/"+survivor+"/accept_new_tasks"))
@@ -170,7 +172,17 @@ func testFailover(t *testing.T, liveRestore bool) {
 		return ok
 	}, 30*time.Second, 20*time.Millisecond)
 	failover := time.Since(killed)
-	t.Logf("failover: the engine was killed %s before the task's new container ran on the other node", failover)
+	t.Logf("failover (live restore %t): the engine was killed %s before the task's new container ran on the other node", liveRestore, failover)
+	for _, env := range b.taskEvents(t, tk.UUID) {
+		t.Logf("  %s after the kill: %s", env.Time.Sub(killed).Round(time.Millisecond), env.Type)
+	}
+	b.app.Replica.ReadSince(0, func(_ *projections.State, applied []projections.Applied, _ bool) {
+		for _, a := range applied {
+			if a.AggregateID == doomed && a.Outcome.Accepted {
+				t.Logf("  node event %s", a.Type)
+			}
+		}
+	})
 	require.Less(t, failover, 10*time.Second, "failover within 10 s with default settings")
 	require.Equal(t, survivor, b.nodeOf(t, tk.UUID))
 
