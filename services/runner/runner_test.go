@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
@@ -244,6 +245,39 @@ func TestRunner(t *testing.T) {
 		b.propose(t, &events.CancelRequested{TaskID: id})
 		task := b.waitTask(t, id, ended)
 		require.Equal(t, new(137), task.ExitCode, "sh as PID 1 ignores SIGTERM; SIGKILL follows the grace")
+	})
+
+	t.Run("ReconcileRemovesLeftoversAndNeverForeignContainers", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		node := runtime.Node{ID: b.nodeID, Hostname: b.engine.Hostname}
+		// A labelled container of an attempt that ended (its broker died
+		// before removing it), and a container the broker did not create.
+		id, name := b.reserve(t, "true")
+		c, err := b.rt.Start(t.Context(), node, runtime.Spec{
+			TaskID: id, Attempt: 1, Name: name, Image: dockertest.Image, Cmd: "true",
+			Labels: map[string]string{runtime.LabelBroker: b.broker, runtime.LabelTask: id, runtime.LabelAttempt: "1"},
+		})
+		require.NoError(t, err)
+		_, err = c.Wait(t.Context())
+		require.NoError(t, err)
+		b.propose(t, &events.ContainerStarted{TaskID: id, Attempt: 1, NodeID: b.nodeID, ContainerName: name})
+		b.propose(t, &events.ContainerExited{TaskID: id, Attempt: 1, NodeID: b.nodeID})
+		b.propose(t, &events.TaskCompleted{TaskID: id, Attempt: 1})
+		foreign := "foreign-" + uuid.NewString()[:8]
+		created, err := b.engine.Client.ContainerCreate(t.Context(), &container.Config{Image: dockertest.Image, Cmd: []string{"sleep", "30"}}, nil, nil, nil, foreign)
+		require.NoError(t, err)
+		t.Cleanup(func() {
+			_ = b.engine.Client.ContainerRemove(context.Background(), created.ID, container.RemoveOptions{Force: true})
+		})
+		require.NoError(t, b.engine.Client.ContainerStart(t.Context(), created.ID, container.StartOptions{}))
+
+		b.startRunner(t) // reconciles every node at start
+		require.Eventually(t, func() bool { return len(dockertest.TaskContainers(t, b.engine, id)) == 0 }, 20*time.Second, 50*time.Millisecond,
+			"the leftover is removed")
+		info, err := b.engine.Client.ContainerInspect(t.Context(), created.ID)
+		require.NoError(t, err, "the foreign container is never touched")
+		require.True(t, info.State.Running)
 	})
 
 	t.Run("UnknownMountFailsTheStart", func(t *testing.T) {
