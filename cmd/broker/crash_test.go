@@ -14,6 +14,7 @@ import (
 
 	"github.com/cbroker/broker/events"
 	"github.com/cbroker/broker/internal/dockertest"
+	"github.com/cbroker/broker/internal/natstest"
 	"github.com/cbroker/broker/projections"
 )
 
@@ -66,30 +67,14 @@ func TestKill9(t *testing.T) {
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	cons, err := js.OrderedConsumer(t.Context(), events.StreamName, jetstream.OrderedConsumerConfig{})
-	require.NoError(t, err)
 	s := projections.NewState()
 	count := map[string]map[events.Type]int{}
-	for {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(time.Second))
-		require.NoError(t, err)
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			md, err := m.Metadata()
-			require.NoError(t, err)
-			env, err := events.Decode(m.Data())
-			require.NoError(t, err)
-			env.Seq = md.Sequence.Stream
-			if out := s.Apply(env); out.Accepted {
-				if count[env.AggregateID] == nil {
-					count[env.AggregateID] = map[events.Type]int{}
-				}
-				count[env.AggregateID][env.Type]++
+	for _, env := range natstest.Events(t, js) {
+		if out := s.Apply(env); out.Accepted {
+			if count[env.AggregateID] == nil {
+				count[env.AggregateID] = map[events.Type]int{}
 			}
-		}
-		if n == 0 {
-			break
+			count[env.AggregateID][env.Type]++
 		}
 	}
 	for i, id := range ids {

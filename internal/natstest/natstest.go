@@ -80,3 +80,37 @@ func Run(t testing.TB, dir string) *Server {
 func IgnoreObjectStoreRace() goleak.Option {
 	return goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect")
 }
+
+// Events reads every event matching the subjects (all when none are given)
+// from the stream, in order, with their sequences.
+func Events(t testing.TB, js jetstream.JetStream, subjects ...string) []events.Envelope {
+	t.Helper()
+	cons, err := js.OrderedConsumer(t.Context(), events.StreamName, jetstream.OrderedConsumerConfig{FilterSubjects: subjects})
+	if err != nil {
+		t.Fatalf("reading the event stream: %v", err)
+	}
+	var out []events.Envelope
+	for {
+		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			t.Fatalf("reading the event stream: %v", err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			md, err := m.Metadata()
+			if err != nil {
+				t.Fatalf("event metadata: %v", err)
+			}
+			env, err := events.Decode(m.Data())
+			if err != nil {
+				t.Fatalf("decoding event %d: %v", md.Sequence.Stream, err)
+			}
+			env.Seq = md.Sequence.Stream
+			out = append(out, env)
+		}
+		if n == 0 {
+			return out
+		}
+	}
+}

@@ -328,75 +328,56 @@ func (r *Runtime) Logs(ctx context.Context, node runtime.Node, name string, limi
 	return w.buf.Bytes(), w.truncated, nil
 }
 
-// owned returns the id of a container that carries the broker's label, or
-// "" if there is no such container.
-func (r *Runtime) owned(ctx context.Context, cli *client.Client, name, action string) (string, error) {
+// withOwned runs act on a container of the node that carries the broker's
+// label: a missing container is nothing to do, one without the label is
+// refused. Not-found errors of act (the container went in between) and the
+// errors ignore accepts are not errors.
+func (r *Runtime) withOwned(ctx context.Context, node runtime.Node, name, action string,
+	act func(cli *client.Client, id string) error, ignore func(error) bool,
+) error {
+	cli, err := r.Client(ctx, node.Hostname)
+	if err != nil {
+		return err
+	}
 	info, err := cli.ContainerInspect(ctx, name)
 	if cerrdefs.IsNotFound(err) {
-		return "", nil
+		return nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("inspecting container %s: %w", name, err)
+		return fmt.Errorf("inspecting container %s: %w", name, err)
 	}
 	if info.Config == nil || info.Config.Labels[runtime.LabelBroker] == "" {
-		return "", fmt.Errorf("refusing to %s container %s: it does not carry the broker's labels", action, name)
+		return fmt.Errorf("refusing to %s container %s: it does not carry the broker's labels", action, name)
 	}
-	return info.ID, nil
+	if err := act(cli, info.ID); err != nil && !cerrdefs.IsNotFound(err) && (ignore == nil || !ignore(err)) {
+		return fmt.Errorf("%s container %s: %w", action, name, err)
+	}
+	return nil
 }
 
 // Remove implements runtime.Runtime. It only removes containers that carry
 // the broker's label.
 func (r *Runtime) Remove(ctx context.Context, node runtime.Node, name string) error {
-	cli, err := r.Client(ctx, node.Hostname)
-	if err != nil {
-		return err
-	}
-	id, err := r.owned(ctx, cli, name, "remove")
-	if err != nil || id == "" {
-		return err
-	}
-	err = cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true})
-	if err != nil && !cerrdefs.IsNotFound(err) {
-		return fmt.Errorf("removing container %s: %w", name, err)
-	}
-	return nil
+	return r.withOwned(ctx, node, name, "remove", func(cli *client.Client, id string) error {
+		return cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true})
+	}, nil)
 }
 
 // Kill implements runtime.Runtime, for containers that carry the broker's
 // label.
 func (r *Runtime) Kill(ctx context.Context, node runtime.Node, name string) error {
-	cli, err := r.Client(ctx, node.Hostname)
-	if err != nil {
-		return err
-	}
-	id, err := r.owned(ctx, cli, name, "kill")
-	if err != nil || id == "" {
-		return err
-	}
-	err = cli.ContainerKill(ctx, id, "KILL")
-	if err != nil && !cerrdefs.IsNotFound(err) && !cerrdefs.IsConflict(err) { // conflict: not running
-		return fmt.Errorf("killing container %s: %w", name, err)
-	}
-	return nil
+	return r.withOwned(ctx, node, name, "kill", func(cli *client.Client, id string) error {
+		return cli.ContainerKill(ctx, id, "KILL")
+	}, cerrdefs.IsConflict) // conflict: it does not run
 }
 
 // Stop implements runtime.Runtime, for containers that carry the broker's
 // label.
 func (r *Runtime) Stop(ctx context.Context, node runtime.Node, name string, grace time.Duration) error {
-	cli, err := r.Client(ctx, node.Hostname)
-	if err != nil {
-		return err
-	}
-	id, err := r.owned(ctx, cli, name, "stop")
-	if err != nil || id == "" {
-		return err
-	}
 	secs := max(int(grace/time.Second), 0)
-	err = cli.ContainerStop(ctx, id, container.StopOptions{Signal: "TERM", Timeout: &secs})
-	if err != nil && !cerrdefs.IsNotFound(err) {
-		return fmt.Errorf("stopping container %s: %w", name, err)
-	}
-	return nil
+	return r.withOwned(ctx, node, name, "stop", func(cli *client.Client, id string) error {
+		return cli.ContainerStop(ctx, id, container.StopOptions{Signal: "TERM", Timeout: &secs})
+	}, nil)
 }
 
 // List implements runtime.Runtime.

@@ -1,11 +1,9 @@
 package app_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -62,24 +60,11 @@ func startBroker(t *testing.T, dataDir string, opts ...func(*app.Config)) *broke
 
 func (b *broker) do(t *testing.T, method, path string, body any, out any) int {
 	t.Helper()
-	var r io.Reader
-	if body != nil {
-		buf, err := json.Marshal(body)
-		require.NoError(t, err)
-		r = bytes.NewReader(buf)
-	}
-	req, err := http.NewRequestWithContext(t.Context(), method, b.base+path, r)
-	require.NoError(t, err)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
+	code, _, raw := b.raw(t, method, path, body, nil)
 	if out != nil {
 		require.NoErrorf(t, json.Unmarshal(raw, out), "body: %s", raw)
 	}
-	return resp.StatusCode
+	return code
 }
 
 type task struct {

@@ -5,12 +5,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cbroker/broker/cmd/internal/app"
 	"github.com/cbroker/broker/events"
 	"github.com/cbroker/broker/internal/dockertest"
+	"github.com/cbroker/broker/internal/natstest"
 	"github.com/cbroker/broker/projections"
 )
 
@@ -22,30 +22,13 @@ func (b *broker) taskEvents(t *testing.T, id string) []events.Envelope {
 	for _, a := range b.history(t, id) {
 		accepted[a.Seq] = a.Outcome.Accepted
 	}
-	cons, err := b.app.JetStream().OrderedConsumer(t.Context(), events.StreamName, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{events.AggregateSubjects(events.AggregateTask, id)},
-	})
-	require.NoError(t, err)
 	var out []events.Envelope
-	for {
-		batch, err := cons.Fetch(100, jetstream.FetchMaxWait(time.Second))
-		require.NoError(t, err)
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			md, err := m.Metadata()
-			require.NoError(t, err)
-			env, err := events.Decode(m.Data())
-			require.NoError(t, err)
-			env.Seq = md.Sequence.Stream
-			if accepted[env.Seq] {
-				out = append(out, env)
-			}
-		}
-		if n == 0 {
-			return out
+	for _, env := range natstest.Events(t, b.app.JetStream(), events.AggregateSubjects(events.AggregateTask, id)) {
+		if accepted[env.Seq] {
+			out = append(out, env)
 		}
 	}
+	return out
 }
 
 func payload[T events.Payload](t *testing.T, env events.Envelope) T {
