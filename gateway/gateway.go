@@ -112,6 +112,7 @@ func (g *Gateway) routes(e *echo.Echo) {
 	e.DELETE("/tasks/errors", g.deleteErrors)
 	e.GET("/tasks/:uuid", g.showTask)
 	e.GET("/tasks/:uuid/logs", g.taskLogs)
+	e.GET("/tasks/:uuid/events", g.taskEvents)
 	e.PUT("/tasks/:uuid/mark_as_error", g.markAsError)
 	e.POST("/tasks/:uuid/kill_container", g.killContainer)
 	e.POST("/tasks/:uuid/cancel", g.cancelTask)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -421,4 +422,38 @@ func TestNodeStorageMounts(t *testing.T) {
 	_, body = b.do(t, http.MethodGet, "/status/nodes", "")
 	require.NoError(t, json.Unmarshal(body, &nodes))
 	require.Len(t, nodes[0].StorageMounts, 2, "an update without storage_mounts keeps them")
+}
+
+func TestTaskTimeline(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.propose(t, &events.NodeRegistered{NodeID: "n1", Hostname: "tcp://h:1", Slots: map[string]int{"cpu": 1}})
+	b.propose(t, &events.NodeUp{NodeID: "n1"})
+	tk := b.submit(t, task("timeline", "cpu", nil))
+	b.propose(t, &events.SlotReserved{TaskID: tk.UUID, Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "c"})
+	code, _ := b.do(t, http.MethodPost, "/tasks/"+tk.UUID+"/kill_container", "") // rejected: not started
+	require.Equal(t, http.StatusBadRequest, code)
+	b.propose(t, &events.ContainerStarted{TaskID: tk.UUID, Attempt: 1, NodeID: "n1"})
+	b.propose(t, &events.ContainerExited{TaskID: tk.UUID, Attempt: 1, NodeID: "n1", ExitCode: 2})
+	b.propose(t, &events.TaskRetrying{TaskID: tk.UUID, Attempt: 1, NextAttempt: 2, Cause: events.CauseExitCode})
+
+	code, body := b.do(t, http.MethodGet, "/tasks/"+tk.UUID+"/events", "")
+	require.Equal(t, http.StatusOK, code, string(body))
+	var timeline []TimelineEntry
+	require.NoError(t, json.Unmarshal(body, &timeline))
+	var types []events.Type
+	for _, e := range timeline {
+		types = append(types, e.Type)
+	}
+	require.Equal(t, []events.Type{
+		events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskKillRequested,
+		events.TypeTaskContainerStarted, events.TypeTaskContainerExited, events.TypeTaskRetrying,
+	}, types)
+	require.False(t, timeline[2].Accepted, "the rejected kill is in the history")
+	require.Contains(t, timeline[2].Reason, "not running attempt")
+	require.Equal(t, "req-1", timeline[0].CorrelationID)
+	require.Contains(t, string(timeline[5].Data), `"cause":"exit_code"`)
+	require.True(t, sort.SliceIsSorted(timeline, func(i, j int) bool { return timeline[i].Seq < timeline[j].Seq }))
+	code, _ = b.do(t, http.MethodGet, "/tasks/nope/events", "")
+	require.Equal(t, http.StatusNotFound, code)
 }

@@ -125,6 +125,9 @@ type Task struct {
 	// LostAttempts lists the attempts given up with their node: their
 	// containers may still exist, and their exits are stale.
 	LostAttempts []int `json:"lost_attempts,omitempty"`
+	// History lists every event about the task, accepted or rejected, in
+	// log order.
+	History []Verdict `json:"history,omitempty"`
 	// LastEventID is the envelope ID of the last event accepted for the task,
 	// the causation of the next derived event.
 	LastEventID string `json:"last_event_id,omitempty"`

@@ -230,6 +230,14 @@ func TestNodeLossAndStaleExits(t *testing.T) {
 	))
 	task := s.Tasks["t1"]
 	require.Equal(t, TaskFailed, task.Status)
+	rejected := 0
+	for _, v := range task.History {
+		if !v.Accepted {
+			rejected++
+			require.NotEmpty(t, v.Reason)
+		}
+	}
+	require.Equal(t, 8, rejected, "the history keeps the rejected proposals")
 	require.Zero(t, task.TryCount, "node losses do not use up retries")
 	require.Equal(t, 1, task.NodeLosses)
 	require.Equal(t, 1, task.StaleExits)

@@ -73,6 +73,24 @@ func (s *State) Apply(env events.Envelope) Outcome {
 	if env.Seq > s.Seq {
 		s.Seq = env.Seq
 	}
+	out := s.apply1(env)
+	// A task keeps the sequence and verdict of every event about it, accepted
+	// or not, for its timeline.
+	if t, ok := s.Tasks[env.AggregateID]; ok && env.Type.Aggregate() == events.AggregateTask {
+		t.History = append(t.History, Verdict{Seq: out.Seq, Type: out.Type, Accepted: out.Accepted, Reason: out.Reason})
+	}
+	return out
+}
+
+// Verdict is the fold's verdict on one event of a task's history.
+type Verdict struct {
+	Seq      uint64      `json:"seq"`
+	Type     events.Type `json:"type"`
+	Accepted bool        `json:"accepted"`
+	Reason   string      `json:"reason,omitempty"`
+}
+
+func (s *State) apply1(env events.Envelope) Outcome {
 	out := Outcome{Seq: env.Seq, Type: env.Type, AggregateID: env.AggregateID}
 	p, err := env.Payload()
 	switch {

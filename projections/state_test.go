@@ -212,6 +212,10 @@ func TestFoldStateAfterLifecycles(t *testing.T) {
 		require.Equal(t, new(0), task.ExitCode)
 		require.Equal(t, 0, task.TryCount)
 		require.Equal(t, t0.Add(time.Second), task.FinishedAt)
+		require.Len(t, task.History, 6)
+		for _, v := range task.History {
+			require.True(t, v.Accepted, v.Type)
+		}
 		logs, ok := task.LatestLogs()
 		require.True(t, ok)
 		require.Equal(t, "t1/1", logs.Object)

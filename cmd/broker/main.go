@@ -14,6 +14,7 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/cbroker/broker/cmd/internal/app"
+	"github.com/cbroker/broker/cmd/internal/audit"
 	"github.com/cbroker/broker/cmd/internal/bench"
 )
 
@@ -23,6 +24,20 @@ type cli struct {
 
 	Serve serveCmd `cmd:"" help:"Run the broker: the HTTP API, the scheduler, the runners, the health monitor and the projector."`
 	Bench benchCmd `cmd:"" help:"Measure the control plane: task lifecycles per second with a no-op runtime (benchmark only)."`
+	Audit auditCmd `cmd:"" help:"Print a history from the log for people."`
+}
+
+type auditCmd struct {
+	Task auditTaskCmd `cmd:"" help:"Every event of a task in log order, rejected proposals included, with the fold's verdicts."`
+}
+
+type auditTaskCmd struct {
+	UUID string `arg:"" help:"The task's uuid."`
+	API  string `name:"api" default:"http://127.0.0.1:8080" env:"BROKER_API" help:"The broker's HTTP API."`
+}
+
+func (a *auditTaskCmd) Run(ctx context.Context) error {
+	return audit.Task(ctx, a.API, a.UUID, os.Stdout)
 }
 
 type serveCmd struct {

@@ -131,6 +131,14 @@ func TestServeWithTheLocalEngine(t *testing.T) {
 	var logs map[string]string
 	require.Equal(t, http.StatusOK, p.call(t, http.MethodGet, "/tasks/"+id+"/logs", "", &logs))
 	require.Equal(t, "hello from the broker\n", logs["logs"])
+
+	audit := exec.CommandContext(t.Context(), os.Args[0], "audit", "task", id, "--api", p.base)
+	audit.Env = append(os.Environ(), "BROKER_TEST_MAIN=1")
+	out, err := audit.CombinedOutput()
+	require.NoError(t, err, string(out))
+	for _, want := range []string{"task " + id, "submitted", "slot_reserved", "container_started", "logs_archived", "container_exited", "completed", "accepted"} {
+		require.Contains(t, string(out), want)
+	}
 	require.Eventually(t, func() bool { return len(dockertest.TaskContainers(t, engine, id)) == 0 },
 		10*time.Second, 50*time.Millisecond, "the broker removes the task's container")
 	p.stop(t)
