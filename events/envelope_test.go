@@ -3,6 +3,8 @@ package events
 import (
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -265,4 +267,19 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("Payload error %v is neither ErrMalformed nor ErrUnknownType", err)
 		}
 	})
+}
+
+// TestDocsListEveryType keeps docs/events.md, the public contract, in step
+// with the registry.
+func TestDocsListEveryType(t *testing.T) {
+	t.Parallel()
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "events.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range Types() {
+		if !strings.Contains(string(doc), "`"+string(typ)+"`") {
+			t.Errorf("docs/events.md does not describe %s", typ)
+		}
+	}
 }
