@@ -42,19 +42,23 @@ func StartPrivate(t testing.TB, from Engine, options ...string) *Private {
 	if _, err := exec.LookPath("dockerd"); err != nil || os.Geteuid() != 0 {
 		unavailable(t, "a private engine needs dockerd and root (run scripts/engines.sh as root)")
 	}
-	n := 100 + rand.IntN(150)
-	p := &Private{
-		t:       t,
-		dir:     filepath.Join(os.TempDir(), "cb-engines", fmt.Sprintf("private-%d-%d", os.Getpid(), n)),
-		bridge:  fmt.Sprintf("cbt%d", n),
-		subnet:  fmt.Sprintf("172.31.%d.1/24", n),
-		port:    freeTCPPort(t),
-		options: options,
+	p := &Private{t: t, port: freeTCPPort(t), options: options}
+	// A bridge of its own; another test may have drawn the same number.
+	for try := 0; ; try++ {
+		n := 100 + rand.IntN(150)
+		p.bridge, p.subnet = fmt.Sprintf("cbt%d", n), fmt.Sprintf("172.31.%d.1/24", n)
+		p.dir = filepath.Join(os.TempDir(), "cb-engines", fmt.Sprintf("private-%d-%d", os.Getpid(), n))
+		err := exec.CommandContext(context.Background(), "ip", "link", "add", "name", p.bridge, "type", "bridge").Run()
+		if err == nil {
+			break
+		}
+		if try == 20 {
+			t.Fatalf("no free bridge for a private engine: %v", err)
+		}
 	}
 	if err := os.MkdirAll(p.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	run(t, "ip", "link", "add", "name", p.bridge, "type", "bridge")
 	run(t, "ip", "addr", "add", p.subnet, "dev", p.bridge)
 	run(t, "ip", "link", "set", p.bridge, "up")
 	t.Cleanup(p.remove)
