@@ -88,8 +88,15 @@ type node struct {
 // available.
 func (b *broker) addNode(t *testing.T, e dockertest.Engine, slots map[string]int) string {
 	t.Helper()
+	return b.addNodeWith(t, map[string]any{"hostname": e.Hostname, "slots_execution_types": slots})
+}
+
+// addNodeWith registers a node with a whole POST /nodes body and waits
+// until it is available.
+func (b *broker) addNodeWith(t *testing.T, body map[string]any) string {
+	t.Helper()
 	var n node
-	require.Equal(t, http.StatusCreated, b.do(t, http.MethodPost, "/nodes", map[string]any{"hostname": e.Hostname, "slots_execution_types": slots}, &n))
+	require.Equal(t, http.StatusCreated, b.do(t, http.MethodPost, "/nodes", body, &n))
 	require.EventuallyWithT(t, func(c *assertT) {
 		var got node
 		require.Equal(c, http.StatusOK, b.do(t, http.MethodGet, "/nodes/"+n.UUID, nil, &got))

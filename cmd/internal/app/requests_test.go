@@ -180,16 +180,10 @@ func TestRequestsEndToEnd(t *testing.T) {
 		// A node's own path for the mount wins over the broker-wide one.
 		own := t.TempDir()
 		b2, es2 := setup(t, 1, func(c *app.Config) { c.Mounts = map[string]string{"shared": host} })
-		var n node
-		require.Equal(t, http.StatusCreated, b2.do(t, http.MethodPost, "/nodes", map[string]any{
+		b2.addNodeWith(t, map[string]any{
 			"hostname": es2[0].Hostname, "slots_execution_types": map[string]int{"cpu": 1},
 			"storage_mounts": map[string]string{"shared": own},
-		}, &n))
-		require.EventuallyWithT(t, func(c *assertT) {
-			var got node
-			require.Equal(c, http.StatusOK, b2.do(t, http.MethodGet, "/nodes/"+n.UUID, nil, &got))
-			require.Equal(c, "available", got.Status)
-		}, 20*time.Second, 50*time.Millisecond)
+		})
 		require.Equal(t, http.StatusOK, b2.do(t, http.MethodPost, "/tasks", map[string]any{
 			"name": "writer2", "image": dockertest.Image, "cmd": "echo node path > /data/own.txt", "execution_type": "cpu",
 			"storage_mounts": map[string]string{"shared": "/data"},
