@@ -121,6 +121,8 @@ func (b *bundle) history(t *testing.T, id string) []events.Type {
 
 func ended(tk *projections.Task) bool { return tk.AttemptEnded }
 
+func running(tk *projections.Task) bool { return tk.Status == projections.TaskStarted }
+
 func TestRunner(t *testing.T) {
 	t.Parallel()
 
@@ -150,7 +152,7 @@ func TestRunner(t *testing.T) {
 		b := setup(t)
 		b.startRunner(t)
 		id, _ := b.reserve(t, "echo early; sleep 30")
-		b.waitTask(t, id, func(tk *projections.Task) bool { return tk.Status == projections.TaskStarted })
+		b.waitTask(t, id, running)
 		reader := &runner.LogReader{Replica: b.replica, JS: b.srv.JS, Runtimes: runtime.Set{b.rt}}
 		require.EventuallyWithT(t, func(c *assertT) {
 			logs, err := reader.TaskLogs(t.Context(), id)
@@ -186,7 +188,7 @@ func TestRunner(t *testing.T) {
 		b := setup(t)
 		stop := b.startRunner(t)
 		id, _ := b.reserve(t, "sleep 2; echo survived")
-		b.waitTask(t, id, func(tk *projections.Task) bool { return tk.Status == projections.TaskStarted })
+		b.waitTask(t, id, running)
 		stop() // the container keeps running
 		require.Len(t, dockertest.Containers(t, b.engine, b.broker), 1)
 		b.startRunner(t)
@@ -202,7 +204,7 @@ func TestRunner(t *testing.T) {
 		b := setup(t)
 		stop := b.startRunner(t)
 		id, name := b.reserve(t, "sleep 30")
-		b.waitTask(t, id, func(tk *projections.Task) bool { return tk.Status == projections.TaskStarted })
+		b.waitTask(t, id, running)
 		stop()
 		require.NoError(t, b.rt.Remove(t.Context(), runtime.Node{Hostname: b.engine.Hostname}, name))
 		b.startRunner(t)
@@ -216,7 +218,7 @@ func TestRunner(t *testing.T) {
 		b := setup(t)
 		b.startRunner(t)
 		id, _ := b.reserve(t, "sleep 60")
-		b.waitTask(t, id, func(tk *projections.Task) bool { return tk.Status == projections.TaskStarted })
+		b.waitTask(t, id, running)
 		b.propose(t, &events.KillRequested{TaskID: id, Attempt: 1})
 		task := b.waitTask(t, id, ended)
 		require.Equal(t, new(137), task.ExitCode, "SIGKILL")
@@ -227,7 +229,7 @@ func TestRunner(t *testing.T) {
 		b := setup(t)
 		b.startRunner(t)
 		id, _ := b.reserve(t, "trap 'echo got TERM; exit 143' TERM; while true; do sleep 0.1; done")
-		b.waitTask(t, id, func(tk *projections.Task) bool { return tk.Status == projections.TaskStarted })
+		b.waitTask(t, id, running)
 		b.propose(t, &events.CancelRequested{TaskID: id})
 		task := b.waitTask(t, id, ended)
 		require.Equal(t, new(143), task.ExitCode, "the task handled SIGTERM")
@@ -241,7 +243,7 @@ func TestRunner(t *testing.T) {
 		b := setup(t)
 		b.startRunner(t)
 		id, _ := b.reserve(t, "sleep 60")
-		b.waitTask(t, id, func(tk *projections.Task) bool { return tk.Status == projections.TaskStarted })
+		b.waitTask(t, id, running)
 		b.propose(t, &events.CancelRequested{TaskID: id})
 		task := b.waitTask(t, id, ended)
 		require.Equal(t, new(137), task.ExitCode, "sh as PID 1 ignores SIGTERM; SIGKILL follows the grace")
