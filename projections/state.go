@@ -35,8 +35,8 @@ type State struct {
 	// StoredAt is the stream time of the event at Seq. The reader of the
 	// stream sets it (Apply has no stream metadata); zero when unknown.
 	StoredAt time.Time
-	Tasks map[string]*Task
-	Nodes map[string]*Node
+	Tasks    map[string]*Task
+	Nodes    map[string]*Node
 	// TaskCounts is the number of tasks in each status.
 	TaskCounts map[TaskStatus]int
 
