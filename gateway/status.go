@@ -183,15 +183,15 @@ func (g *Gateway) statusNodes(c echo.Context) error {
 	return c.JSON(http.StatusOK, views)
 }
 
-// poolNode is a node in GET /status, with the tasks on it.
-type poolNode struct {
+// PoolNode is a node in GET /status, with the tasks on it.
+type PoolNode struct {
 	projections.NodeView
 	Jobs []projections.TaskView `json:"jobs"`
 }
 
-// pool is the answer of GET /status.
-type pool struct {
-	Nodes []poolNode `json:"nodes"`
+// Pool is the answer of GET /status.
+type Pool struct {
+	Nodes []PoolNode `json:"nodes"`
 	// Tasks counts tasks per status.
 	Tasks map[projections.TaskStatus]int `json:"tasks"`
 	// Queues counts the waiting tasks per execution type.
@@ -206,15 +206,15 @@ type pool struct {
 // the seed answered 404): nodes with their slots and running jobs, task
 // counts per status and queue lengths per execution type.
 func (g *Gateway) statusPool(c echo.Context) error {
-	var p pool
+	var p Pool
 	err := g.readAt(c, func(s *projections.State, now time.Time) {
-		p = pool{Nodes: []poolNode{}, Tasks: map[projections.TaskStatus]int{}, Queues: map[string]int{}, Seq: s.Seq, At: s.StoredAt}
+		p = Pool{Nodes: []PoolNode{}, Tasks: map[projections.TaskStatus]int{}, Queues: map[string]int{}, Seq: s.Seq, At: s.StoredAt}
 		jobs := map[string][]projections.TaskView{}
 		for _, t := range s.ActiveTasks() {
 			jobs[t.NodeID] = append(jobs[t.NodeID], s.NewTaskView(t, now))
 		}
 		for _, n := range s.SortedNodes() {
-			p.Nodes = append(p.Nodes, poolNode{NodeView: s.NewNodeView(n), Jobs: append([]projections.TaskView{}, jobs[n.ID]...)})
+			p.Nodes = append(p.Nodes, PoolNode{NodeView: s.NewNodeView(n), Jobs: append([]projections.TaskView{}, jobs[n.ID]...)})
 		}
 		for _, st := range projections.TaskStatuses {
 			p.Tasks[st] = s.TaskCounts[st]

@@ -39,11 +39,11 @@ func TestStatusAt(t *testing.T) {
 
 	type then struct{ pool, nodes, tasks []byte }
 	var past []then
-	var marks []pool
+	var marks []Pool
 	record := func() {
 		t.Helper()
 		p := then{pool: get("/status"), nodes: get("/status/nodes"), tasks: get("/status/tasks")}
-		var m pool
+		var m Pool
 		require.NoError(t, json.Unmarshal(p.pool, &m))
 		require.False(t, m.At.IsZero())
 		past, marks = append(past, p), append(marks, m)
@@ -77,7 +77,7 @@ func TestStatusAt(t *testing.T) {
 		}
 	}
 	// The live state differs from both.
-	var now pool
+	var now Pool
 	require.NoError(t, json.Unmarshal(get("/status"), &now))
 	require.Empty(t, now.Nodes)
 	require.Equal(t, 3, now.Tasks[projections.TaskWaiting])

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -16,15 +17,53 @@ import (
 	"github.com/cbroker/broker/cmd/internal/app"
 	"github.com/cbroker/broker/cmd/internal/audit"
 	"github.com/cbroker/broker/cmd/internal/bench"
+	"github.com/cbroker/broker/cmd/internal/replay"
+	"github.com/cbroker/broker/projections"
 )
 
 type cli struct {
 	LogLevel  string `name:"log-level" default:"info" enum:"debug,info,warn,error" env:"BROKER_LOG_LEVEL" help:"Log level: debug, info, warn, error."`
 	LogFormat string `name:"log-format" default:"text" enum:"text,json" env:"BROKER_LOG_FORMAT" help:"Log format: text or json."`
 
-	Serve serveCmd `cmd:"" help:"Run the broker: the HTTP API, the scheduler, the runners, the health monitor and the projector."`
-	Bench benchCmd `cmd:"" help:"Measure the control plane: task lifecycles per second with a no-op runtime (benchmark only)."`
-	Audit auditCmd `cmd:"" help:"Print a history from the log for people."`
+	Serve       serveCmd       `cmd:"" help:"Run the broker: the HTTP API, the scheduler, the runners, the health monitor and the projector."`
+	Bench       benchCmd       `cmd:"" help:"Measure the control plane: task lifecycles per second with a no-op runtime (benchmark only)."`
+	Audit       auditCmd       `cmd:"" help:"Print a history from the log for people."`
+	Replay      replayCmd      `cmd:"" help:"Print the pool (nodes, slots, jobs, queues, tasks) as it stood at a point of the log."`
+	Projections projectionsCmd `cmd:"" help:"Manage the KV views projected from the log."`
+}
+
+type replayCmd struct {
+	At    string `name:"at" required:"" help:"The point of the log: a stream sequence (1234) or an RFC 3339 time (2026-11-27T12:00:00Z)."`
+	API   string `name:"api" default:"http://127.0.0.1:8080" env:"BROKER_API" help:"The broker's HTTP API."`
+	Tasks int    `name:"tasks" default:"20" help:"How many of the newest tasks to list (0: none)."`
+	JSON  bool   `name:"json" help:"Print the API's JSON answers instead of tables."`
+}
+
+func (r *replayCmd) Run(ctx context.Context) error {
+	return replay.Show(ctx, replay.Options{API: r.API, At: r.At, Tasks: r.Tasks, JSON: r.JSON}, os.Stdout)
+}
+
+type projectionsCmd struct {
+	Rebuild rebuildCmd `cmd:"" help:"Drop the task and node views and write them again from the log. Run it while no broker is running on the store."`
+}
+
+type rebuildCmd struct {
+	DataDir string `name:"data-dir" default:"./broker-data" env:"BROKER_DATA_DIR" help:"Data directory of the stopped broker whose embedded store to rebuild."`
+	NATSURL string `name:"nats-url" env:"BROKER_NATS_URL" help:"Rebuild on this external NATS server instead (stop every broker's projector first)."`
+}
+
+func (r *rebuildCmd) Run(ctx context.Context, log *slog.Logger) error {
+	store, err := app.OpenStore(ctx, app.Config{DataDir: r.DataDir, NATSURL: r.NATSURL, NATSListen: "none", Logger: log})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	res, err := projections.Rebuild(ctx, store.JetStream(), store.Snapshots(), log, time.Now())
+	if err != nil {
+		return err
+	}
+	fmt.Printf("rebuilt %d task views and %d node views at sequence %d in %v\n", res.Tasks, res.Nodes, res.Seq, res.Took.Round(time.Millisecond))
+	return nil
 }
 
 type auditCmd struct {
@@ -58,6 +97,8 @@ type serveCmd struct {
 	MaxNodeLosses   int               `name:"max-node-losses" default:"5" env:"BROKER_MAX_NODE_LOSSES" help:"How often a task's attempt may be lost with its node before the task fails (these do not use up retries)."`
 	TaskTimeout     time.Duration     `name:"task-timeout" default:"0s" env:"BROKER_TASK_TIMEOUT" help:"Longest run of an attempt of a task that does not give a timeout (0: no limit)."`
 	StopGrace       time.Duration     `name:"stop-grace" default:"10s" env:"BROKER_STOP_GRACE" help:"Time a cancelled task's container has between SIGTERM and SIGKILL."`
+	SnapshotEvery   int               `name:"snapshot-every" default:"100000" env:"BROKER_SNAPSHOT_EVERY" help:"Take a fold snapshot every this many events, so that start-up and replays need not fold the whole log (0: never)."`
+	SnapshotKeep    int               `name:"snapshot-keep" default:"3" env:"BROKER_SNAPSHOT_KEEP" help:"How many fold snapshots to keep."`
 	FailedTimeout   time.Duration     `name:"failed-timeout" default:"20h" env:"BROKER_FAILED_TIMEOUT" help:"How long a task stays failed before it is marked as error (the seed's timeout_tasks_after_hours); 0 disables it."`
 }
 
@@ -73,6 +114,7 @@ func (s *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 		FailedTimeout: failedTimeout(s.FailedTimeout), Logger: log,
 		MaxRetries: zeroAsNone(s.MaxRetries), RetryBackoffMin: s.RetryBackoffMin, RetryBackoffMax: s.RetryBackoffMax,
 		MaxNodeLosses: zeroAsNone(s.MaxNodeLosses), TaskTimeout: s.TaskTimeout,
+		SnapshotEvery: zeroAsNone(s.SnapshotEvery), SnapshotKeep: s.SnapshotKeep,
 	})
 	if err != nil {
 		return err
