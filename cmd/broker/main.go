@@ -145,18 +145,42 @@ func failedTimeout(d time.Duration) time.Duration {
 }
 
 type benchCmd struct {
+	Lifecycles benchLifecyclesCmd `cmd:"" default:"withargs" help:"Task lifecycles per second through the REST API with a no-op runtime (the default)."`
+	Replay     benchReplayCmd     `cmd:"" help:"Replay speed of the fold and start-up time on a long log, without and with a snapshot."`
+}
+
+type benchLifecyclesCmd struct {
 	Tasks   int `name:"tasks" default:"10000" help:"Number of tasks to submit."`
 	Clients int `name:"clients" default:"8" help:"Concurrent HTTP clients submitting them."`
 	Slots   int `name:"slots" default:"64" help:"Slots of the benchmark's no-op node."`
 }
 
-func (b *benchCmd) Run(ctx context.Context, log *slog.Logger) error {
-	// The broker under test logs only its warnings and errors, unless debug
-	// logs were asked for.
+// quiet keeps the broker under test to its warnings and errors, unless
+// debug logs were asked for.
+func quiet(ctx context.Context, log *slog.Logger) *slog.Logger {
 	if !log.Enabled(ctx, slog.LevelDebug) {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	res, err := bench.Run(ctx, bench.Config{Tasks: b.Tasks, Clients: b.Clients, Slots: b.Slots, Logger: log})
+	return log
+}
+
+func (b *benchLifecyclesCmd) Run(ctx context.Context, log *slog.Logger) error {
+	res, err := bench.Run(ctx, bench.Config{Tasks: b.Tasks, Clients: b.Clients, Slots: b.Slots, Logger: quiet(ctx, log)})
+	if err != nil {
+		return err
+	}
+	res.Print(os.Stdout)
+	return nil
+}
+
+type benchReplayCmd struct {
+	Events  int    `name:"events" default:"1000000" help:"Length of the log to build."`
+	Runs    int    `name:"runs" default:"3" help:"How often each start-up is measured."`
+	DataDir string `name:"data-dir" help:"Directory of the store (default: a temporary one, removed at the end)."`
+}
+
+func (b *benchReplayCmd) Run(ctx context.Context, log *slog.Logger) error {
+	res, err := bench.Replay(ctx, bench.ReplayConfig{Events: b.Events, Runs: b.Runs, DataDir: b.DataDir, Logger: quiet(ctx, log)})
 	if err != nil {
 		return err
 	}
