@@ -82,7 +82,11 @@ func (a *auditTaskCmd) Run(ctx context.Context) error {
 type serveCmd struct {
 	Listen          string            `name:"listen" default:"127.0.0.1:8080" env:"BROKER_LISTEN" help:"Address of the HTTP API."`
 	DataDir         string            `name:"data-dir" default:"./broker-data" env:"BROKER_DATA_DIR" help:"Directory of the embedded NATS server's store."`
-	NATSURL         string            `name:"nats-url" env:"BROKER_NATS_URL" help:"Use this external NATS server (comma-separated URLs) instead of the embedded one."`
+	NATSURL         string            `name:"nats-url" env:"BROKER_NATS_URL" help:"Use this external NATS server (comma-separated URLs, nats://user:password@host:4222 works) instead of the embedded one."`
+	NATSUser        string            `name:"nats-user" env:"BROKER_NATS_USER" help:"With --nats-url: the user to log in as (default broker when a password is given)."`
+	NATSPassword    string            `name:"nats-password" env:"BROKER_NATS_PASSWORD" help:"Password of nats.conf's broker user. Embedded: sets it (default: random for each start); with --nats-url: the password to log in with."`
+	NATSCreds       string            `name:"nats-creds" env:"BROKER_NATS_CREDS" help:"With --nats-url: a NATS credentials file (JWT and nkey) to log in with."`
+	SubscriberPass  string            `name:"nats-subscriber-password" env:"BROKER_NATS_SUBSCRIBER_PASSWORD" help:"Embedded: password of nats.conf's read-only subscriber user (default: generated once and kept in <data-dir>/subscriber.password)."`
 	NATSConfig      string            `name:"nats-config" env:"BROKER_NATS_CONFIG" help:"Configuration file of the embedded NATS server, in the format of the repository's nats.conf (default: that file, built in)."`
 	NATSListen      string            `name:"nats-listen" env:"BROKER_NATS_LISTEN" help:"Client address of the embedded NATS server, overriding nats.conf (host:port; port -1 picks one; none opens no port)."`
 	LocalNode       string            `name:"local-node" default:"auto" enum:"auto,true,false" env:"BROKER_LOCAL_NODE" help:"Register the Docker engine at DOCKER_HOST or the default socket as a node: auto (when it answers), true (it must), false."`
@@ -109,6 +113,7 @@ func (s *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	a, err := app.New(ctx, app.Config{
 		Listen: s.Listen, DataDir: s.DataDir, NATSURL: s.NATSURL, NATSConfig: s.NATSConfig, NATSListen: s.NATSListen,
+		NATSUser: s.NATSUser, NATSPassword: s.NATSPassword, NATSCreds: s.NATSCreds, SubscriberPassword: s.SubscriberPass,
 		LocalNode: s.LocalNode, LocalNodeSlots: slots, Mounts: s.StorageMount,
 		HealthInterval: s.HealthInterval, HealthGrace: s.HealthGrace, StopGrace: s.StopGrace, DockerCertPath: s.DockerCertPath,
 		FailedTimeout: failedTimeout(s.FailedTimeout), Logger: log,

@@ -54,7 +54,19 @@ type Config struct {
 	// NATSURL is set.
 	DataDir string
 	// NATSURL connects to an external NATS server instead of starting one.
+	// It may carry a user and password (nats://user:password@host:4222).
 	NATSURL string
+	// NATSUser and NATSPassword log in to an external server (the user
+	// defaults to BrokerUser when only a password is given); NATSCreds is a
+	// credentials file (JWT and nkey) instead. In embedded mode NATSPassword
+	// is the password of nats.conf's broker user (VarBrokerPassword); empty
+	// means a random one for each start.
+	NATSUser, NATSPassword, NATSCreds string
+	// SubscriberPassword is the password of nats.conf's read-only
+	// subscriber user in embedded mode (VarSubscriberPassword). Empty means
+	// the one kept in <DataDir>/subscriber.password, created on first
+	// start.
+	SubscriberPassword string
 	// NATSConfig is the embedded server's configuration file; "" uses
 	// DefaultNATSConfig.
 	NATSConfig string
@@ -133,6 +145,9 @@ func (c Config) validate() error {
 	var errs []error
 	if c.DataDir == "" && c.NATSURL == "" {
 		errs = append(errs, errors.New("a data directory or a NATS URL is required"))
+	}
+	if c.NATSCreds != "" && (c.NATSUser != "" || c.NATSPassword != "") {
+		errs = append(errs, errors.New("give NATS credentials as a file or as user and password, not both"))
 	}
 	switch c.LocalNode {
 	case LocalNodeAuto, LocalNodeTrue, LocalNodeFalse:
@@ -236,9 +251,10 @@ func (a *App) open(ctx context.Context) error {
 func (a *App) connect(ctx context.Context) error {
 	var err error
 	if a.cfg.NATSURL != "" {
-		a.nc, err = nats.Connect(a.cfg.NATSURL, nats.Name("broker "+a.cfg.Instance), nats.MaxReconnects(-1))
+		opts := append([]nats.Option{nats.Name("broker " + a.cfg.Instance), nats.MaxReconnects(-1)}, a.cfg.externalLogin()...)
+		a.nc, err = nats.Connect(a.cfg.NATSURL, opts...)
 		if err != nil {
-			return fmt.Errorf("connecting to %s: %w", a.cfg.NATSURL, err)
+			return fmt.Errorf("connecting to %s: %w", redactURLs(a.cfg.NATSURL), err)
 		}
 	} else if err := a.startEmbedded(); err != nil {
 		return err
@@ -265,13 +281,17 @@ func ensure(ctx context.Context, js jetstream.JetStream) error {
 }
 
 func (a *App) startEmbedded() error {
+	vars, err := a.embeddedVars()
+	if err != nil {
+		return err
+	}
 	opts := &server.Options{}
-	if a.cfg.NATSConfig != "" {
-		if err := opts.ProcessConfigFile(a.cfg.NATSConfig); err != nil {
-			return fmt.Errorf("reading %s: %w", a.cfg.NATSConfig, err)
-		}
-	} else if err := opts.ProcessConfigString(DefaultNATSConfig); err != nil {
-		return fmt.Errorf("built-in nats.conf: %w", err)
+	if err := processNATSConfig(opts, a.cfg.NATSConfig, vars); err != nil {
+		return err
+	}
+	login, err := embeddedLogin(opts, vars)
+	if err != nil {
+		return err
 	}
 	opts.JetStream = true
 	opts.StoreDir = filepath.Join(a.cfg.DataDir, "nats")
@@ -300,12 +320,20 @@ func (a *App) startEmbedded() error {
 	if !srv.ReadyForConnections(30 * time.Second) {
 		return errors.New("embedded nats server did not start in 30s")
 	}
-	a.nc, err = nats.Connect("", nats.InProcessServer(srv), nats.Name("broker "+a.cfg.Instance))
+	connOpts := []nats.Option{nats.InProcessServer(srv), nats.Name("broker " + a.cfg.Instance)}
+	if login != nil {
+		connOpts = append(connOpts, login)
+	}
+	a.nc, err = nats.Connect("", connOpts...)
 	if err != nil {
 		return fmt.Errorf("connecting to the embedded nats server: %w", err)
 	}
 	a.log.Info("embedded nats server started", slog.String("store_dir", opts.StoreDir),
 		slog.String("client_url", clientURL(srv, opts)))
+	if hasUser(opts, SubscriberUser) && a.cfg.SubscriberPassword == "" {
+		a.log.Info("read-only nats user for event subscribers", slog.String("user", SubscriberUser),
+			slog.String("password_file", filepath.Join(a.cfg.DataDir, SubscriberPasswordFile)))
+	}
 	return nil
 }
 
