@@ -47,7 +47,8 @@ func (r *round) scan() uint64 {
 }
 
 // refresh brings the pending set up to date with the events folded since
-// the last call and reports whether it changed.
+// the last call and reports whether it changed: most events are about
+// tasks without a pending delivery, and leave it as it was.
 func (r *round) refresh() bool {
 	var (
 		head    uint64
@@ -64,14 +65,16 @@ func (r *round) refresh() bool {
 			if !a.Outcome.Accepted || a.Type.Aggregate() != events.AggregateTask {
 				continue
 			}
-			changed = true
+			old, had := r.pending[a.AggregateID]
 			if t, ok := s.Tasks[a.AggregateID]; ok {
 				if d, ok := pendingOf(t); ok {
 					r.pending[t.ID] = d
+					changed = changed || !had || d != old
 					continue
 				}
 			}
 			delete(r.pending, a.AggregateID)
+			changed = changed || had
 		}
 	})
 	if rescan {
