@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -59,6 +60,8 @@ type Config struct {
 	// BodyLimit caps request bodies. Defaults to "512K", so that the event a
 	// body becomes always fits in a NATS message (1 MiB by default).
 	BodyLimit string
+	// Snapshots, when set, shorten the replays of ?at= queries.
+	Snapshots *projections.Snapshots
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Now defaults to time.Now.
@@ -70,6 +73,8 @@ type Gateway struct {
 	cfg  Config
 	log  *slog.Logger
 	echo *echo.Echo
+	// past is held by the one historical fold (?at=) running at a time.
+	past sync.Mutex
 }
 
 // New returns a gateway with its routes.

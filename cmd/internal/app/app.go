@@ -100,6 +100,12 @@ type Config struct {
 	WebhookMaxAttempts                   int
 	WebhookBackoffMin, WebhookBackoffMax time.Duration
 	WebhookTimeout                       time.Duration
+	// SnapshotEvery is how many events are folded between fold snapshots.
+	// Defaults to 100,000; negative disables snapshots (start-up then folds
+	// the whole log).
+	SnapshotEvery int
+	// SnapshotKeep is how many snapshots are kept. Defaults to 3.
+	SnapshotKeep int
 	// Instance names this process in the actor field of its events.
 	// Defaults to the host name and process id.
 	Instance string
@@ -126,6 +132,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.FailedTimeout == 0 {
 		c.FailedTimeout = 20 * time.Hour
+	}
+	if c.SnapshotEvery == 0 {
+		c.SnapshotEvery = 100_000
 	}
 	return c
 }
@@ -165,8 +174,9 @@ type App struct {
 	// container the broker creates.
 	BrokerID string
 	// Replica is the process's fold.
-	Replica *projections.Replica
-	docker  *docker.Runtime
+	Replica   *projections.Replica
+	docker    *docker.Runtime
+	snapshots *projections.Snapshots
 }
 
 // New connects to NATS (starting the embedded server if needed), makes sure
@@ -189,7 +199,54 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	return a, nil
 }
 
+// OpenStore connects to the broker's event store as New does (starting the
+// embedded NATS server on cfg.DataDir unless cfg.NATSURL is set) without
+// starting any component: the CLI's commands on the log use it. Close
+// releases it.
+func OpenStore(ctx context.Context, cfg Config) (*App, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	a := &App{cfg: cfg, log: cfg.Logger}
+	if err := a.connect(ctx); err != nil {
+		a.Close()
+		return nil, err
+	}
+	var err error
+	if a.snapshots, err = projections.OpenSnapshots(ctx, a.js, a.log); err != nil {
+		a.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// Snapshots is the fold snapshot store.
+func (a *App) Snapshots() *projections.Snapshots { return a.snapshots }
+
 func (a *App) open(ctx context.Context) error {
+	if err := a.connect(ctx); err != nil {
+		return err
+	}
+	var err error
+	if a.BrokerID, err = brokerID(ctx, a.js); err != nil {
+		return err
+	}
+	if a.snapshots, err = projections.OpenSnapshots(ctx, a.js, a.log); err != nil {
+		return err
+	}
+	if a.Replica, err = projections.NewReplica(projections.ReplicaConfig{JetStream: a.js, Logger: a.log, Snapshots: a.snapshots}); err != nil {
+		return err
+	}
+	if a.ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", a.cfg.Listen); err != nil {
+		return fmt.Errorf("http api: %w", err)
+	}
+	return nil
+}
+
+// connect connects to NATS (an external server or a new embedded one) and
+// ensures the stream, buckets and object stores.
+func (a *App) connect(ctx context.Context) error {
 	var err error
 	if a.cfg.NATSURL != "" {
 		a.nc, err = nats.Connect(a.cfg.NATSURL, nats.Name("broker "+a.cfg.Instance), nats.MaxReconnects(-1))
@@ -202,19 +259,7 @@ func (a *App) open(ctx context.Context) error {
 	if a.js, err = jetstream.New(a.nc); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	if err := ensure(ctx, a.js); err != nil {
-		return err
-	}
-	if a.BrokerID, err = brokerID(ctx, a.js); err != nil {
-		return err
-	}
-	if a.Replica, err = projections.NewReplica(projections.ReplicaConfig{JetStream: a.js, Logger: a.log}); err != nil {
-		return err
-	}
-	if a.ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", a.cfg.Listen); err != nil {
-		return fmt.Errorf("http api: %w", err)
-	}
-	return nil
+	return ensure(ctx, a.js)
 }
 
 // ensure creates the stream and buckets, retrying while JetStream is not
@@ -377,6 +422,7 @@ func (a *App) components(ctx context.Context) (map[string]func(context.Context) 
 		MaxNodeLosses: a.cfg.MaxNodeLosses, TaskTimeout: a.cfg.TaskTimeout, Webhooks: a.cfg.WebhookSecret != "",
 		Logs:          &runner.LogReader{Replica: a.Replica, JS: a.js, Runtimes: a.cfg.Runtimes},
 		CheckHostname: checkHostname,
+		Snapshots:     a.snapshots,
 	})
 	if err != nil {
 		return nil, err
@@ -389,6 +435,15 @@ func (a *App) components(ctx context.Context) (map[string]func(context.Context) 
 		"health":     monitor.Run,
 		"gateway":    func(ctx context.Context) error { return gw.Serve(ctx, a.ln) },
 		"local-node": a.registerLocalNode,
+	}
+	if a.cfg.SnapshotEvery > 0 {
+		snapshotter, err := projections.NewSnapshotter(projections.SnapshotterConfig{
+			JetStream: a.js, Snapshots: a.snapshots, Every: uint64(a.cfg.SnapshotEvery), Keep: a.cfg.SnapshotKeep, Logger: a.log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		components["snapshotter"] = snapshotter.Run
 	}
 	if a.cfg.WebhookSecret != "" {
 		hooks, err := webhook.New(webhook.Config{
