@@ -49,6 +49,9 @@ type Config struct {
 	// TaskTimeout bounds an attempt of tasks that do not give a timeout;
 	// zero means no limit.
 	TaskTimeout time.Duration
+	// Webhooks is set when a webhook secret is configured: only then may a
+	// task give a callback_url (deliveries are always signed).
+	Webhooks bool
 	// Actor names the gateway in its events. Defaults to "gateway".
 	Actor string
 	// ApplyTimeout bounds the wait for the fold to apply a write. Defaults

@@ -13,7 +13,7 @@ import (
 // SnapshotVersion is the encoding version of fold snapshots. A snapshot of
 // another version is ignored (the fold starts from the log instead), so a
 // change of the Task or Node records only needs this constant bumped.
-const SnapshotVersion = 1
+const SnapshotVersion = 2
 
 // snapshot is the encoded form of a State: its records and position. The
 // indexes are not stored; RestoreSnapshot rebuilds them.

@@ -68,6 +68,9 @@ func genLikelyEvent(t *rapid.T, s *State) events.Payload {
 	if !ok || rapid.IntRange(0, 4).Draw(t, "any") == 0 {
 		return genEvent(t)
 	}
+	if w := task.Webhook; w != nil && w.State == WebhookPending {
+		return likelyWebhookEvent(t, task)
+	}
 	switch {
 	case task.Queued():
 		for _, n := range s.SortedNodes() {
@@ -90,6 +93,26 @@ func genLikelyEvent(t *rapid.T, s *State) events.Payload {
 		return &events.TaskFailed{TaskID: id, Attempt: task.Attempt}
 	}
 	return genEvent(t)
+}
+
+// likelyWebhookEvent draws the next event of a task's pending delivery: its
+// result once the last attempt is known, else another attempt.
+func likelyWebhookEvent(t *rapid.T, task *Task) events.Payload {
+	w := task.Webhook
+	if _, record, _ := w.Due(); record {
+		if w.LastSucceeded {
+			return &events.WebhookDelivered{TaskID: task.ID, OutcomeSeq: w.Outcome.Seq, Attempt: w.Attempts}
+		}
+		return &events.WebhookAbandoned{TaskID: task.ID, OutcomeSeq: w.Outcome.Seq, Attempts: w.Attempts}
+	}
+	p := &events.WebhookAttempted{
+		TaskID: task.ID, OutcomeSeq: w.Outcome.Seq, Attempt: w.Attempts + 1, At: t0,
+		StatusCode: rapid.SampledFrom([]int{0, 200, 503}).Draw(t, "webhook status"),
+	}
+	if !p.Succeeded() && rapid.Bool().Draw(t, "webhook retry") {
+		p.NextAttemptAt = t0.Add(time.Second)
+	}
+	return p
 }
 
 // TestSnapshotRecordsHaveNoOtherPointers guards the encoding: gob drops a

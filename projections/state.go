@@ -195,6 +195,12 @@ func (s *State) apply(env events.Envelope, p events.Payload) error {
 		return s.withNode(env, p.NodeID, func(n *Node) error { return s.applyRemoved(n) })
 	case *events.NodeKillRequested:
 		return s.withNode(env, p.NodeID, func(n *Node) error { s.applyNodeKill(n); return nil })
+	case *events.WebhookAttempted:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return applyWebhookAttempted(t, p) })
+	case *events.WebhookDelivered:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return applyWebhookDelivered(t, env, p) })
+	case *events.WebhookAbandoned:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return applyWebhookAbandoned(t, env, p) })
 	default:
 		return rejectf("event type %s is not handled by this fold", env.Type)
 	}
@@ -208,8 +214,12 @@ func (s *State) withTask(env events.Envelope, id string, f func(*Task) error) er
 	if !ok {
 		return rejectCode(CodeNotFound, "task %s does not exist", id)
 	}
+	before := t.Status
 	if err := f(t); err != nil {
 		return err
+	}
+	if t.Status != before {
+		t.outcomeChanged(env)
 	}
 	t.LastEventID = env.ID
 	if t.Status.Terminal() && t.EndedAt.IsZero() {

@@ -104,6 +104,12 @@ type serveCmd struct {
 	SnapshotEvery   int               `name:"snapshot-every" default:"100000" env:"BROKER_SNAPSHOT_EVERY" help:"Take a fold snapshot every this many events, so that start-up and replays need not fold the whole log (0: never)."`
 	SnapshotKeep    int               `name:"snapshot-keep" default:"3" env:"BROKER_SNAPSHOT_KEEP" help:"How many fold snapshots to keep."`
 	FailedTimeout   time.Duration     `name:"failed-timeout" default:"20h" env:"BROKER_FAILED_TIMEOUT" help:"How long a task stays failed before it is marked as error (the seed's timeout_tasks_after_hours); 0 disables it."`
+
+	WebhookSecret      string        `name:"webhook-secret" env:"BROKER_WEBHOOK_SECRET,CB_WEBHOOK_SECRET" help:"Key of the HMAC-SHA256 signature of webhook deliveries (prefer the environment variable). Without it, tasks cannot give a callback_url."`
+	WebhookMaxAttempts int           `name:"webhook-max-attempts" default:"10" env:"BROKER_WEBHOOK_MAX_ATTEMPTS" help:"Attempts of a webhook delivery before it is abandoned."`
+	WebhookBackoffMin  time.Duration `name:"webhook-backoff-min" default:"1s" env:"BROKER_WEBHOOK_BACKOFF_MIN" help:"Pause after a first failed webhook attempt; it doubles with every attempt, with jitter."`
+	WebhookBackoffMax  time.Duration `name:"webhook-backoff-max" default:"5m" env:"BROKER_WEBHOOK_BACKOFF_MAX" help:"Longest pause between webhook attempts."`
+	WebhookTimeout     time.Duration `name:"webhook-timeout" default:"10s" env:"BROKER_WEBHOOK_TIMEOUT" help:"Time a webhook receiver has to answer one attempt."`
 }
 
 func (s *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
@@ -120,6 +126,8 @@ func (s *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 		MaxRetries: zeroAsNone(s.MaxRetries), RetryBackoffMin: s.RetryBackoffMin, RetryBackoffMax: s.RetryBackoffMax,
 		MaxNodeLosses: zeroAsNone(s.MaxNodeLosses), TaskTimeout: s.TaskTimeout,
 		SnapshotEvery: zeroAsNone(s.SnapshotEvery), SnapshotKeep: s.SnapshotKeep,
+		WebhookSecret: s.WebhookSecret, WebhookMaxAttempts: s.WebhookMaxAttempts,
+		WebhookBackoffMin: s.WebhookBackoffMin, WebhookBackoffMax: s.WebhookBackoffMax, WebhookTimeout: s.WebhookTimeout,
 	})
 	if err != nil {
 		return err

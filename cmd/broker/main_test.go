@@ -193,3 +193,18 @@ func TestServeWithoutAnEngine(t *testing.T) {
 	require.Error(t, err, "--local-node true fails without an engine")
 	require.Contains(t, string(out), "local Docker engine tcp://127.0.0.1:1")
 }
+
+func TestWebhookSecretFromTheEnvironment(t *testing.T) {
+	t.Parallel()
+	hooked := `{"name":"n","image":"i","cmd":"c","execution_type":"cpu","callback_url":"https://example.com/cb"}`
+	env := []string{"DOCKER_HOST=tcp://127.0.0.1:1"}
+	p := serve(t, env, "--data-dir", t.TempDir(), "--nats-listen", "none")
+	var refused map[string][]string
+	require.Equal(t, http.StatusUnprocessableEntity, p.call(t, http.MethodPost, "/tasks", hooked, &refused))
+	require.Contains(t, refused["callback_url"][0], "webhooks are disabled")
+	p.stop(t)
+
+	p = serve(t, append(env, "CB_WEBHOOK_SECRET=from-the-environment"), "--data-dir", t.TempDir(), "--nats-listen", "none")
+	require.Equal(t, http.StatusOK, p.call(t, http.MethodPost, "/tasks", hooked, nil))
+	p.stop(t)
+}

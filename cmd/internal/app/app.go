@@ -32,6 +32,7 @@ import (
 	"github.com/cbroker/broker/services/runner"
 	"github.com/cbroker/broker/services/runtime"
 	"github.com/cbroker/broker/services/scheduler"
+	"github.com/cbroker/broker/services/webhook"
 )
 
 // DefaultNATSConfig is the repository's nats.conf, built into the binary.
@@ -102,6 +103,15 @@ type Config struct {
 	// FailedTimeout is how long a task stays failed before it is marked as
 	// error. Defaults to 20h, as the seed; negative disables it.
 	FailedTimeout time.Duration
+	// WebhookSecret keys the signatures of webhook deliveries. Without it,
+	// tasks cannot give a callback_url and nothing is delivered.
+	WebhookSecret string
+	// WebhookMaxAttempts, WebhookBackoffMin, WebhookBackoffMax and
+	// WebhookTimeout tune the deliveries; zero means the webhook package's
+	// defaults (10 attempts, 1s doubling up to 5m, 10s per attempt).
+	WebhookMaxAttempts                   int
+	WebhookBackoffMin, WebhookBackoffMax time.Duration
+	WebhookTimeout                       time.Duration
 	// SnapshotEvery is how many events are folded between fold snapshots.
 	// Defaults to 100,000; negative disables snapshots (start-up then folds
 	// the whole log).
@@ -158,6 +168,9 @@ func (c Config) validate() error {
 		if name == "" || !filepath.IsAbs(path) {
 			errs = append(errs, fmt.Errorf("storage mount %q=%q: want name=/absolute/host/path", name, path))
 		}
+	}
+	if c.WebhookMaxAttempts < 0 || c.WebhookBackoffMin < 0 || c.WebhookBackoffMax < 0 || c.WebhookTimeout < 0 {
+		errs = append(errs, errors.New("webhook attempts, backoff and timeout must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -434,7 +447,7 @@ func (a *App) components(ctx context.Context) (map[string]func(context.Context) 
 	gw, err := gateway.New(gateway.Config{
 		Replica: a.Replica, JetStream: a.js, Mounts: a.cfg.Mounts, Actor: a.cfg.Instance + "/gateway", Logger: a.log,
 		MaxRetries: a.cfg.MaxRetries, RetryBackoffMin: a.cfg.RetryBackoffMin, RetryBackoffMax: a.cfg.RetryBackoffMax,
-		MaxNodeLosses: a.cfg.MaxNodeLosses, TaskTimeout: a.cfg.TaskTimeout,
+		MaxNodeLosses: a.cfg.MaxNodeLosses, TaskTimeout: a.cfg.TaskTimeout, Webhooks: a.cfg.WebhookSecret != "",
 		Logs:          &runner.LogReader{Replica: a.Replica, JS: a.js, Runtimes: a.cfg.Runtimes},
 		CheckHostname: checkHostname,
 		Snapshots:     a.snapshots,
@@ -459,6 +472,17 @@ func (a *App) components(ctx context.Context) (map[string]func(context.Context) 
 			return nil, err
 		}
 		components["snapshotter"] = snapshotter.Run
+	}
+	if a.cfg.WebhookSecret != "" {
+		hooks, err := webhook.New(webhook.Config{
+			Replica: a.Replica, Writer: a.writer("webhook"), JetStream: a.js, Secret: []byte(a.cfg.WebhookSecret),
+			MaxAttempts: a.cfg.WebhookMaxAttempts, BackoffMin: a.cfg.WebhookBackoffMin, BackoffMax: a.cfg.WebhookBackoffMax,
+			Timeout: a.cfg.WebhookTimeout, Logger: a.log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		components["webhook"] = hooks.Run
 	}
 	return components, nil
 }
