@@ -19,6 +19,10 @@ const (
 	// BucketIdempotency holds the answers to requests sent with an
 	// X-Idempotency-Key, for IdempotencyTTL.
 	BucketIdempotency = "cb_idempotency"
+	// BucketLeases holds the leases that share work between broker
+	// instances (the active scheduler, node ownership); its entries expire
+	// LeaseTTL after their last write.
+	BucketLeases = "cb_leases"
 	// BucketMeta holds bookkeeping such as the projector's last applied
 	// sequence (key KeyProjectorSeq).
 	BucketMeta = "cb_meta"
@@ -36,6 +40,10 @@ const (
 	// every container the broker creates carries it as a label.
 	KeyBrokerID = "broker.id"
 )
+
+// LeaseTTL is how long a lease lives without renewal: a standby takes over
+// from a dead holder within about this time.
+const LeaseTTL = 4 * time.Second
 
 // DuplicateWindow is how long JetStream remembers a Nats-Msg-Id.
 const DuplicateWindow = 2 * time.Minute
@@ -79,11 +87,15 @@ func KeyValueConfigs(replicas int) []jetstream.KeyValueConfig {
 	}
 	idem := mk(BucketIdempotency, "answers to requests with an X-Idempotency-Key")
 	idem.TTL = IdempotencyTTL
+	leases := mk(BucketLeases, "leases sharing work between broker instances")
+	leases.TTL = LeaseTTL
+	leases.Storage = jetstream.MemoryStorage
 	return []jetstream.KeyValueConfig{
 		mk(BucketTasks, "task views projected from "+StreamName),
 		mk(BucketNodes, "node views projected from "+StreamName),
 		mk(BucketMeta, "projection bookkeeping"),
 		idem,
+		leases,
 	}
 }
 

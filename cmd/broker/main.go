@@ -101,6 +101,7 @@ type serveCmd struct {
 	MaxNodeLosses   int               `name:"max-node-losses" default:"5" env:"BROKER_MAX_NODE_LOSSES" help:"How often a task's attempt may be lost with its node before the task fails (these do not use up retries)."`
 	TaskTimeout     time.Duration     `name:"task-timeout" default:"0s" env:"BROKER_TASK_TIMEOUT" help:"Longest run of an attempt of a task that does not give a timeout (0: no limit)."`
 	StopGrace       time.Duration     `name:"stop-grace" default:"10s" env:"BROKER_STOP_GRACE" help:"Time a cancelled task's container has between SIGTERM and SIGKILL."`
+	Roles           []string          `name:"roles" default:"gateway,scheduler,runner,projector" env:"BROKER_ROLES" help:"What this instance does: gateway (HTTP API), scheduler (one active at a time), runner (containers and health probes of the nodes it owns), projector (KV views, snapshots, webhooks; one active at a time)."`
 	SnapshotEvery   int               `name:"snapshot-every" default:"100000" env:"BROKER_SNAPSHOT_EVERY" help:"Take a fold snapshot every this many events, so that start-up and replays need not fold the whole log (0: never)."`
 	SnapshotKeep    int               `name:"snapshot-keep" default:"3" env:"BROKER_SNAPSHOT_KEEP" help:"How many fold snapshots to keep."`
 	FailedTimeout   time.Duration     `name:"failed-timeout" default:"20h" env:"BROKER_FAILED_TIMEOUT" help:"How long a task stays failed before it is marked as error (the seed's timeout_tasks_after_hours); 0 disables it."`
@@ -125,7 +126,7 @@ func (s *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 		FailedTimeout: failedTimeout(s.FailedTimeout), Logger: log,
 		MaxRetries: zeroAsNone(s.MaxRetries), RetryBackoffMin: s.RetryBackoffMin, RetryBackoffMax: s.RetryBackoffMax,
 		MaxNodeLosses: zeroAsNone(s.MaxNodeLosses), TaskTimeout: s.TaskTimeout,
-		SnapshotEvery: zeroAsNone(s.SnapshotEvery), SnapshotKeep: s.SnapshotKeep,
+		SnapshotEvery: zeroAsNone(s.SnapshotEvery), SnapshotKeep: s.SnapshotKeep, Roles: s.Roles,
 		WebhookSecret: s.WebhookSecret, WebhookMaxAttempts: s.WebhookMaxAttempts,
 		WebhookBackoffMin: s.WebhookBackoffMin, WebhookBackoffMax: s.WebhookBackoffMax, WebhookTimeout: s.WebhookTimeout,
 	})

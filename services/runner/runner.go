@@ -43,8 +43,12 @@ type Config struct {
 	// DefaultLogLimit.
 	LogLimit int64
 	// Owns reports whether this runner is responsible for a node. Nil means
-	// every node.
+	// every node. When a node stops being owned, the runner stops following
+	// its containers (without touching them): their new owner adopts them.
 	Owns func(nodeID string) bool
+	// OwnerChanged returns a channel closed at the next change of the owned
+	// nodes. Optional.
+	OwnerChanged func() <-chan struct{}
 	// RetryDelay is the pause before retrying a failed Docker call. Defaults
 	// to 1s.
 	RetryDelay time.Duration
@@ -74,6 +78,7 @@ type Runner struct {
 
 	mu          sync.Mutex
 	attempts    map[attemptKey]bool               // in flight; true once its goroutine ended
+	cancels     map[attemptKey]attemptCancel      // in-flight attempts' cancellation
 	signalled   map[attemptKey]bool               // kill or stop sent to the attempt's container
 	nodes       map[string]projections.NodeStatus // last status seen per owned node
 	reconciling map[string]bool                   // node ids with a reconciliation under way
@@ -91,6 +96,12 @@ type signal struct {
 type attemptKey struct {
 	task    string
 	attempt int
+}
+
+// attemptCancel stops following one attempt when its node is given up.
+type attemptCancel struct {
+	node   string
+	cancel context.CancelFunc
 }
 
 // job is one attempt to run or adopt, copied out of the fold.
@@ -139,7 +150,7 @@ func New(cfg Config) (*Runner, error) {
 	}
 	return &Runner{
 		cfg: cfg, log: cfg.Logger.With(slog.String("component", "runner")),
-		attempts: map[attemptKey]bool{}, signalled: map[attemptKey]bool{},
+		attempts: map[attemptKey]bool{}, signalled: map[attemptKey]bool{}, cancels: map[attemptKey]attemptCancel{},
 		nodes: map[string]projections.NodeStatus{}, reconciling: map[string]bool{},
 	}, nil
 }
@@ -165,14 +176,30 @@ func (r *Runner) Run(ctx context.Context) error {
 	all := false // reconcile every owned node, not only those that came back
 	for {
 		changed := r.cfg.Replica.Changed()
+		var ownerChanged <-chan struct{}
+		if r.cfg.OwnerChanged != nil {
+			ownerChanged = r.cfg.OwnerChanged()
+		}
 		jobs, signals, nodes := r.collect(all)
 		all = false
 		for _, j := range jobs {
+			jctx, cancel := context.WithCancel(ctx)
+			r.mu.Lock()
+			r.cancels[j.key] = attemptCancel{node: j.node.ID, cancel: cancel}
+			r.mu.Unlock()
 			wg.Go(func() {
-				r.run(ctx, j)
+				defer cancel()
+				r.run(jctx, j)
 				r.mu.Lock()
+				defer r.mu.Unlock()
+				delete(r.cancels, j.key)
+				if jctx.Err() != nil && ctx.Err() == nil {
+					// Its node was given up: a later owner (maybe this
+					// runner again) adopts the attempt.
+					delete(r.attempts, j.key)
+					return
+				}
 				r.attempts[j.key] = true
-				r.mu.Unlock()
 			})
 		}
 		for _, s := range signals {
@@ -188,6 +215,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		select {
 		case <-changed:
+		case <-ownerChanged:
 		case <-ticker.C:
 			all = true
 		case <-ctx.Done():
@@ -211,6 +239,7 @@ func (r *Runner) collect(all bool) ([]job, []signal, []runtime.Node) {
 	r.cfg.Replica.Read(func(s *projections.State) {
 		for id, n := range s.Nodes {
 			if r.cfg.Owns != nil && !r.cfg.Owns(id) {
+				delete(r.nodes, id) // reconciled again if it comes back
 				continue
 			}
 			prev, seen := r.nodes[id]
@@ -237,6 +266,12 @@ func (r *Runner) collect(all bool) ([]job, []signal, []runtime.Node) {
 		}
 		for key := range r.signalled {
 			if gone(key) {
+				delete(r.signalled, key)
+			}
+		}
+		for key, c := range r.cancels {
+			if r.cfg.Owns != nil && !r.cfg.Owns(c.node) {
+				c.cancel() // stop following, never kill: the new owner adopts it
 				delete(r.signalled, key)
 			}
 		}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +30,7 @@ import (
 	"github.com/cbroker/broker/services/actor"
 	"github.com/cbroker/broker/services/docker"
 	"github.com/cbroker/broker/services/health"
+	"github.com/cbroker/broker/services/lease"
 	"github.com/cbroker/broker/services/runner"
 	"github.com/cbroker/broker/services/runtime"
 	"github.com/cbroker/broker/services/scheduler"
@@ -118,6 +120,9 @@ type Config struct {
 	SnapshotEvery int
 	// SnapshotKeep is how many snapshots are kept. Defaults to 3.
 	SnapshotKeep int
+	// Roles are what this instance does (AllRoles by default): see
+	// components.
+	Roles []string
 	// Instance names this process in the actor field of its events.
 	// Defaults to the host name and process id.
 	Instance string
@@ -145,6 +150,9 @@ func (c Config) withDefaults() Config {
 	if c.FailedTimeout == 0 {
 		c.FailedTimeout = 20 * time.Hour
 	}
+	if len(c.Roles) == 0 {
+		c.Roles = AllRoles
+	}
 	if c.SnapshotEvery == 0 {
 		c.SnapshotEvery = 100_000
 	}
@@ -158,6 +166,11 @@ func (c Config) validate() error {
 	}
 	if c.NATSCreds != "" && (c.NATSUser != "" || c.NATSPassword != "") {
 		errs = append(errs, errors.New("give NATS credentials as a file or as user and password, not both"))
+	}
+	for _, r := range c.Roles {
+		if !slices.Contains(AllRoles, r) {
+			errs = append(errs, fmt.Errorf("unknown role %q; roles are %s", r, strings.Join(AllRoles, ", ")))
+		}
 	}
 	switch c.LocalNode {
 	case LocalNodeAuto, LocalNodeTrue, LocalNodeFalse:
@@ -192,6 +205,8 @@ type App struct {
 	Replica   *projections.Replica
 	docker    *docker.Runtime
 	snapshots *projections.Snapshots
+	// Owner holds this instance's node leases (runner role); nil otherwise.
+	Owner *lease.Owner
 }
 
 // New connects to NATS (starting the embedded server if needed), makes sure
@@ -252,6 +267,18 @@ func (a *App) open(ctx context.Context) error {
 	}
 	if a.Replica, err = projections.NewReplica(projections.ReplicaConfig{JetStream: a.js, Logger: a.log, Snapshots: a.snapshots}); err != nil {
 		return err
+	}
+	if a.has(RoleRunner) {
+		leases, err := a.leases(ctx)
+		if err != nil {
+			return err
+		}
+		if a.Owner, err = lease.NewOwner(leases, a.Replica); err != nil {
+			return err
+		}
+	}
+	if !a.has(RoleGateway) {
+		return nil
 	}
 	if a.ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", a.cfg.Listen); err != nil {
 		return fmt.Errorf("http api: %w", err)
@@ -373,8 +400,13 @@ func brokerID(ctx context.Context, js jetstream.JetStream) (string, error) {
 	return string(e.Value()), nil
 }
 
-// Addr is the HTTP API's address.
-func (a *App) Addr() string { return a.ln.Addr().String() }
+// Addr is the HTTP API's address, or "" without the gateway role.
+func (a *App) Addr() string {
+	if a.ln == nil {
+		return ""
+	}
+	return a.ln.Addr().String()
+}
 
 // JetStream returns the app's JetStream handle.
 func (a *App) JetStream() jetstream.JetStream { return a.js }
@@ -418,71 +450,116 @@ func (a *App) Run(ctx context.Context) error {
 	return nil
 }
 
+// Roles a broker instance may take (Config.Roles).
+const (
+	RoleGateway   = "gateway"
+	RoleScheduler = "scheduler"
+	RoleRunner    = "runner"
+	RoleProjector = "projector"
+)
+
+// AllRoles is the default: one instance does everything.
+var AllRoles = []string{RoleGateway, RoleScheduler, RoleRunner, RoleProjector}
+
+func (a *App) has(role string) bool { return slices.Contains(a.cfg.Roles, role) }
+
+// leases returns the lease configuration of this instance.
+func (a *App) leases(ctx context.Context) (lease.Config, error) {
+	kv, err := a.js.KeyValue(ctx, events.BucketLeases)
+	if err != nil {
+		return lease.Config{}, fmt.Errorf("opening bucket %s: %w", events.BucketLeases, err)
+	}
+	return lease.Config{KV: kv, Holder: a.cfg.Instance, Logger: a.log}, nil
+}
+
+// singleton runs a component only while this instance holds its lease.
+func singleton(cfg lease.Config, name string, run func(context.Context) error) func(context.Context) error {
+	return func(ctx context.Context) error { return lease.Singleton(ctx, cfg, name, run) }
+}
+
+// components returns the components of this instance's roles: the fold
+// always; the HTTP API (gateway); the scheduler, active on one instance at a
+// time (scheduler); the node owner, runner, health monitor and local node
+// (runner); the projector and webhook sender, each active on one instance at
+// a time, and the snapshotter (projector).
 func (a *App) components(ctx context.Context) (map[string]func(context.Context) error, error) {
-	projector, err := projections.NewProjector(ctx, projections.ProjectorConfig{JetStream: a.js, Replica: a.Replica, Logger: a.log})
+	leases, err := a.leases(ctx)
 	if err != nil {
 		return nil, err
 	}
-	sched, err := scheduler.New(scheduler.Config{
-		Replica: a.Replica, Writer: a.writer("scheduler"), Logger: a.log,
-		Policy: scheduler.Policy{FailedTimeout: max(a.cfg.FailedTimeout, 0), Mounts: mountNames(a.cfg.Mounts)},
-	})
-	if err != nil {
-		return nil, err
-	}
-	run, err := runner.New(runner.Config{
-		Replica: a.Replica, Writer: a.writer("runner"), JetStream: a.js,
-		Runtimes: a.cfg.Runtimes, BrokerID: a.BrokerID, Mounts: a.cfg.Mounts, Logger: a.log, StopGrace: a.cfg.StopGrace,
-	})
-	if err != nil {
-		return nil, err
-	}
-	monitor, err := health.New(health.Config{
-		Replica: a.Replica, Writer: a.writer("health"), Runtimes: a.cfg.Runtimes,
-		Interval: a.cfg.HealthInterval, Grace: a.cfg.HealthGrace, Logger: a.log,
-	})
-	if err != nil {
-		return nil, err
-	}
-	gw, err := gateway.New(gateway.Config{
-		Replica: a.Replica, JetStream: a.js, Mounts: a.cfg.Mounts, Actor: a.cfg.Instance + "/gateway", Logger: a.log,
-		MaxRetries: a.cfg.MaxRetries, RetryBackoffMin: a.cfg.RetryBackoffMin, RetryBackoffMax: a.cfg.RetryBackoffMax,
-		MaxNodeLosses: a.cfg.MaxNodeLosses, TaskTimeout: a.cfg.TaskTimeout, Webhooks: a.cfg.WebhookSecret != "",
-		Logs:          &runner.LogReader{Replica: a.Replica, JS: a.js, Runtimes: a.cfg.Runtimes},
-		CheckHostname: checkHostname,
-		Snapshots:     a.snapshots,
-	})
-	if err != nil {
-		return nil, err
-	}
-	components := map[string]func(context.Context) error{
-		"replica":    a.Replica.Run,
-		"projector":  projector.Run,
-		"scheduler":  sched.Run,
-		"runner":     run.Run,
-		"health":     monitor.Run,
-		"gateway":    func(ctx context.Context) error { return gw.Serve(ctx, a.ln) },
-		"local-node": a.registerLocalNode,
-	}
-	if a.cfg.SnapshotEvery > 0 {
-		snapshotter, err := projections.NewSnapshotter(projections.SnapshotterConfig{
-			JetStream: a.js, Snapshots: a.snapshots, Every: uint64(a.cfg.SnapshotEvery), Keep: a.cfg.SnapshotKeep, Logger: a.log,
+	components := map[string]func(context.Context) error{"replica": a.Replica.Run}
+	if a.has(RoleGateway) {
+		gw, err := gateway.New(gateway.Config{
+			Replica: a.Replica, JetStream: a.js, Mounts: a.cfg.Mounts, Actor: a.cfg.Instance + "/gateway", Logger: a.log,
+			MaxRetries: a.cfg.MaxRetries, RetryBackoffMin: a.cfg.RetryBackoffMin, RetryBackoffMax: a.cfg.RetryBackoffMax,
+			MaxNodeLosses: a.cfg.MaxNodeLosses, TaskTimeout: a.cfg.TaskTimeout, Webhooks: a.cfg.WebhookSecret != "",
+			Logs:          &runner.LogReader{Replica: a.Replica, JS: a.js, Runtimes: a.cfg.Runtimes},
+			CheckHostname: checkHostname,
+			Snapshots:     a.snapshots,
 		})
 		if err != nil {
 			return nil, err
 		}
-		components["snapshotter"] = snapshotter.Run
+		components["gateway"] = func(ctx context.Context) error { return gw.Serve(ctx, a.ln) }
 	}
-	if a.cfg.WebhookSecret != "" {
-		hooks, err := webhook.New(webhook.Config{
-			Replica: a.Replica, Writer: a.writer("webhook"), JetStream: a.js, Secret: []byte(a.cfg.WebhookSecret),
-			MaxAttempts: a.cfg.WebhookMaxAttempts, BackoffMin: a.cfg.WebhookBackoffMin, BackoffMax: a.cfg.WebhookBackoffMax,
-			Timeout: a.cfg.WebhookTimeout, Logger: a.log,
+	if a.has(RoleScheduler) {
+		sched, err := scheduler.New(scheduler.Config{
+			Replica: a.Replica, Writer: a.writer("scheduler"), Logger: a.log,
+			Policy: scheduler.Policy{FailedTimeout: max(a.cfg.FailedTimeout, 0), Mounts: mountNames(a.cfg.Mounts)},
 		})
 		if err != nil {
 			return nil, err
 		}
-		components["webhook"] = hooks.Run
+		components["scheduler"] = singleton(leases, "scheduler", sched.Run)
+	}
+	if a.has(RoleRunner) {
+		owner := a.Owner
+		run, err := runner.New(runner.Config{
+			Replica: a.Replica, Writer: a.writer("runner"), JetStream: a.js,
+			Runtimes: a.cfg.Runtimes, BrokerID: a.BrokerID, Mounts: a.cfg.Mounts, Logger: a.log, StopGrace: a.cfg.StopGrace,
+			Owns: owner.Owns, OwnerChanged: owner.Changed,
+		})
+		if err != nil {
+			return nil, err
+		}
+		monitor, err := health.New(health.Config{
+			Replica: a.Replica, Writer: a.writer("health"), Runtimes: a.cfg.Runtimes,
+			Interval: a.cfg.HealthInterval, Grace: a.cfg.HealthGrace, Logger: a.log, Owns: owner.Owns,
+		})
+		if err != nil {
+			return nil, err
+		}
+		components["owner"] = owner.Run
+		components["runner"] = run.Run
+		components["health"] = monitor.Run
+		components["local-node"] = a.registerLocalNode
+	}
+	if a.has(RoleProjector) {
+		projector, err := projections.NewProjector(ctx, projections.ProjectorConfig{JetStream: a.js, Replica: a.Replica, Logger: a.log})
+		if err != nil {
+			return nil, err
+		}
+		components["projector"] = singleton(leases, "projector", projector.Run)
+		if a.cfg.SnapshotEvery > 0 {
+			snapshotter, err := projections.NewSnapshotter(projections.SnapshotterConfig{
+				JetStream: a.js, Snapshots: a.snapshots, Every: uint64(a.cfg.SnapshotEvery), Keep: a.cfg.SnapshotKeep, Logger: a.log,
+			})
+			if err != nil {
+				return nil, err
+			}
+			components["snapshotter"] = snapshotter.Run
+		}
+		if a.cfg.WebhookSecret != "" {
+			hooks, err := webhook.New(webhook.Config{
+				Replica: a.Replica, Writer: a.writer("webhook"), JetStream: a.js, Secret: []byte(a.cfg.WebhookSecret),
+				MaxAttempts: a.cfg.WebhookMaxAttempts, BackoffMin: a.cfg.WebhookBackoffMin, BackoffMax: a.cfg.WebhookBackoffMax,
+				Timeout: a.cfg.WebhookTimeout, Logger: a.log,
+			})
+			if err != nil {
+				return nil, err
+			}
+			components["webhook"] = singleton(leases, "webhook", hooks.Run)
+		}
 	}
 	return components, nil
 }
