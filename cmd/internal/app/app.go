@@ -358,8 +358,12 @@ func (a *App) components(ctx context.Context) (map[string]func(context.Context) 
 	if err != nil {
 		return nil, err
 	}
+	hub, err := gateway.NewHub(gateway.HubConfig{JetStream: a.js, Replica: a.Replica, Logger: a.log})
+	if err != nil {
+		return nil, err
+	}
 	gw, err := gateway.New(gateway.Config{
-		Replica: a.Replica, JetStream: a.js, Mounts: a.cfg.Mounts, Actor: a.cfg.Instance + "/gateway", Logger: a.log,
+		Replica: a.Replica, JetStream: a.js, Mounts: a.cfg.Mounts, Actor: a.cfg.Instance + "/gateway", Logger: a.log, Events: hub,
 		MaxRetries: a.cfg.MaxRetries, RetryBackoffMin: a.cfg.RetryBackoffMin, RetryBackoffMax: a.cfg.RetryBackoffMax,
 		MaxNodeLosses: a.cfg.MaxNodeLosses, TaskTimeout: a.cfg.TaskTimeout,
 		Logs:          &runner.LogReader{Replica: a.Replica, JS: a.js, Runtimes: a.cfg.Runtimes},
@@ -374,6 +378,7 @@ func (a *App) components(ctx context.Context) (map[string]func(context.Context) 
 		"scheduler":  sched.Run,
 		"runner":     run.Run,
 		"health":     monitor.Run,
+		"events":     hub.Run,
 		"gateway":    func(ctx context.Context) error { return gw.Serve(ctx, a.ln) },
 		"local-node": a.registerLocalNode,
 	}, nil
