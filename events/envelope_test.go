@@ -23,6 +23,7 @@ func samples() []Payload {
 			StorageMounts: map[string]string{"shared": "/data"}, Tags: map[string]string{"a": "1"},
 			PersistLogs: true, MaxRetries: 3, IdempotencyKey: "k", CreatedAt: at,
 			RetryBackoffMinMs: 1000, RetryBackoffMaxMs: 60000, MaxNodeLosses: 5, TimeoutMs: 30000,
+			CallbackURL: "https://example.com/hooks/cb",
 		},
 		&SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "n-t1-a1"},
 		&ContainerStarted{TaskID: "t1", Attempt: 1, NodeID: "n1", ContainerID: "c", ContainerName: "n-t1-a1", StartedAt: at},
@@ -50,6 +51,13 @@ func samples() []Payload {
 		&NodeRemoved{NodeID: "n1"},
 		&NodeKillRequested{NodeID: "n1"},
 		&StaleAttemptExited{TaskID: "t1", Attempt: 1, NodeID: "n1", ExitCode: 137, Running: true},
+		&WebhookAttempted{
+			TaskID: "t1", OutcomeSeq: 9, OutcomeID: "01KB3M8ZQ4V4X0S7J2QJ9G7T3E", Attempt: 1,
+			DeliveryID: "01KB3M8ZQ4V4X0S7J2QJ9G7T3E-1", URL: "https://example.com/hooks/cb", At: at,
+			StatusCode: 503, DurationMs: 12, NextAttemptAt: at.Add(time.Second),
+		},
+		&WebhookDelivered{TaskID: "t1", OutcomeSeq: 9, Attempt: 2, StatusCode: 200},
+		&WebhookAbandoned{TaskID: "t1", OutcomeSeq: 9, Attempts: 10, Error: "connection refused"},
 	}
 }
 

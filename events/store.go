@@ -25,6 +25,9 @@ const (
 	// ObjectStoreLogs holds container logs, one object per task attempt
 	// (see LogObjectName).
 	ObjectStoreLogs = "cb_logs"
+	// ObjectStoreSnapshots holds fold snapshots, one object per snapshot
+	// (see SnapshotObjectName); they only speed up start-up and replay.
+	ObjectStoreSnapshots = "cb_snapshots"
 
 	// KeyProjectorSeq is the BucketMeta key holding the last stream sequence
 	// the projector wrote to the views.
@@ -84,14 +87,26 @@ func KeyValueConfigs(replicas int) []jetstream.KeyValueConfig {
 	}
 }
 
-// ObjectStoreConfig returns the definition of the log archive.
-func ObjectStoreConfig(replicas int) jetstream.ObjectStoreConfig {
-	return jetstream.ObjectStoreConfig{
+// ObjectStoreConfigs returns the definitions of the log archive and the
+// snapshot store.
+func ObjectStoreConfigs(replicas int) []jetstream.ObjectStoreConfig {
+	return []jetstream.ObjectStoreConfig{{
 		Bucket:      ObjectStoreLogs,
 		Description: "container logs, one object per task attempt",
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(replicas, 1),
-	}
+	}, {
+		Bucket:      ObjectStoreSnapshots,
+		Description: "fold snapshots: the state at a stream sequence",
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	}}
+}
+
+// SnapshotObjectName names the fold snapshot taken at a stream sequence;
+// names sort by sequence.
+func SnapshotObjectName(seq uint64) string {
+	return fmt.Sprintf("fold/%020d", seq)
 }
 
 // LogObjectName names the archived logs of one task attempt.
@@ -110,8 +125,10 @@ func Ensure(ctx context.Context, js jetstream.JetStream, replicas int) error {
 			return fmt.Errorf("ensuring bucket %s: %w", cfg.Bucket, err)
 		}
 	}
-	if _, err := js.CreateOrUpdateObjectStore(ctx, ObjectStoreConfig(replicas)); err != nil {
-		return fmt.Errorf("ensuring object store %s: %w", ObjectStoreLogs, err)
+	for _, cfg := range ObjectStoreConfigs(replicas) {
+		if _, err := js.CreateOrUpdateObjectStore(ctx, cfg); err != nil {
+			return fmt.Errorf("ensuring object store %s: %w", cfg.Bucket, err)
+		}
 	}
 	return nil
 }

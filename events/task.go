@@ -29,6 +29,9 @@ type TaskSubmitted struct {
 	TimeoutMs      int64     `json:"timeout_ms,omitempty"`
 	IdempotencyKey string    `json:"idempotency_key,omitempty"`
 	CreatedAt      time.Time `json:"created_at"`
+	// CallbackURL, when set, receives every terminal outcome event of the
+	// task (see WebhookAttempted). Absent in events written before webhooks.
+	CallbackURL string `json:"callback_url,omitempty"`
 }
 
 // EventType implements Payload.

@@ -34,6 +34,10 @@ const (
 	TypeTaskMarkedAsError      Type = "task.marked_as_error.v1"
 	TypeTaskDeleted            Type = "task.deleted.v1"
 	TypeTaskStaleAttemptExited Type = "task.stale_attempt_exited.v1"
+
+	TypeTaskWebhookAttempted Type = "task.webhook_attempted.v1"
+	TypeTaskWebhookDelivered Type = "task.webhook_delivered.v1"
+	TypeTaskWebhookAbandoned Type = "task.webhook_abandoned.v1"
 )
 
 // Node event types (DESIGN.md section 4).
@@ -114,6 +118,10 @@ var registry = map[Type]func() Payload{
 	TypeNodeAcceptanceChanged:  func() Payload { return new(NodeAcceptanceChanged) },
 	TypeNodeRemoved:            func() Payload { return new(NodeRemoved) },
 	TypeNodeKillRequested:      func() Payload { return new(NodeKillRequested) },
+
+	TypeTaskWebhookAttempted: func() Payload { return new(WebhookAttempted) },
+	TypeTaskWebhookDelivered: func() Payload { return new(WebhookDelivered) },
+	TypeTaskWebhookAbandoned: func() Payload { return new(WebhookAbandoned) },
 }
 
 // Known reports whether t is a type this version of the package can decode.

@@ -49,6 +49,9 @@ type Config struct {
 	// TaskTimeout bounds an attempt of tasks that do not give a timeout;
 	// zero means no limit.
 	TaskTimeout time.Duration
+	// Webhooks is set when a webhook secret is configured: only then may a
+	// task give a callback_url (deliveries are always signed).
+	Webhooks bool
 	// Actor names the gateway in its events. Defaults to "gateway".
 	Actor string
 	// ApplyTimeout bounds the wait for the fold to apply a write. Defaults
@@ -57,6 +60,8 @@ type Config struct {
 	// BodyLimit caps request bodies. Defaults to "512K", so that the event a
 	// body becomes always fits in a NATS message (1 MiB by default).
 	BodyLimit string
+	// Snapshots, when set, shorten the replays of ?at= queries.
+	Snapshots *projections.Snapshots
 	// Events fans the event stream out to GET /events clients; without it
 	// GET /events answers 503. Its Run is the caller's to run.
 	Events *Hub
@@ -74,6 +79,8 @@ type Gateway struct {
 	cfg  Config
 	log  *slog.Logger
 	echo *echo.Echo
+	// past is held by the one historical fold (?at=) running at a time.
+	past sync.Mutex
 	// closing is closed when the server shuts down; it ends the responses
 	// that never end on their own (GET /events).
 	closing   chan struct{}

@@ -37,7 +37,7 @@ type bundle struct {
 	http    *httptest.Server
 }
 
-func setup(t *testing.T) *bundle {
+func setup(t *testing.T, opts ...func(*Config)) *bundle {
 	t.Helper()
 	b := &bundle{srv: natstest.Run(t, ""), logs: archive{}}
 	var err error
@@ -48,7 +48,11 @@ func setup(t *testing.T) *bundle {
 	wg.Go(func() { require.NoError(t, b.replica.Run(ctx)) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	<-b.replica.Ready()
-	g, err := New(Config{Replica: b.replica, JetStream: b.srv.JS, Logs: b.logs, CheckHostname: checkHost, Mounts: testMounts})
+	cfg := Config{Replica: b.replica, JetStream: b.srv.JS, Logs: b.logs, CheckHostname: checkHost, Mounts: testMounts}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	g, err := New(cfg)
 	require.NoError(t, err)
 	b.http = httptest.NewServer(g.Handler())
 	t.Cleanup(b.http.Close)

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -170,6 +171,8 @@ type taskRequest struct {
 	MaxRetries *int
 	// Timeout bounds one attempt; zero means the broker's default.
 	Timeout time.Duration
+	// CallbackURL receives the task's outcome events; "" for none.
+	CallbackURL string
 }
 
 // Limits of the broker's own task fields.
@@ -220,10 +223,45 @@ func parseTaskRequest(body []byte, mounts map[string]string) (taskRequest, error
 			req.Timeout = time.Duration(n * float64(time.Second))
 		}
 	}
+	req.CallbackURL = f.str("callback_url", errs)
+	if req.CallbackURL != "" {
+		if msg := checkCallbackURL(req.CallbackURL); msg != "" {
+			errs.add("callback_url", msg)
+		}
+	}
 	if len(errs) > 0 {
 		return taskRequest{}, errs
 	}
 	return req, nil
+}
+
+// maxCallbackURL is the longest callback URL accepted, in bytes.
+const maxCallbackURL = 2048
+
+// checkCallbackURL returns what is wrong with a callback URL, or "": it must
+// be an absolute http or https URL with a host, without whitespace, control
+// characters or a fragment, at most maxCallbackURL bytes.
+func checkCallbackURL(s string) string {
+	const msg = "must be an absolute http or https URL"
+	if len(s) > maxCallbackURL {
+		return fmt.Sprintf("is too long (at most %d characters)", maxCallbackURL)
+	}
+	if strings.IndexFunc(s, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
+		return msg + " without whitespace or control characters"
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" || u.Opaque != "" {
+		return msg
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return msg + " (bad port " + strconv.Quote(p) + ")"
+		}
+	}
+	if u.Fragment != "" || strings.HasSuffix(s, "#") {
+		return msg + " without a fragment"
+	}
+	return ""
 }
 
 // parseMounts checks {"<mount name>": "<absolute path in the container>"}:

@@ -3,6 +3,8 @@ package gateway
 import (
 	"errors"
 	"net/http"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -49,6 +51,14 @@ func TestParseTaskRequest(t *testing.T) {
 		"RetriesAndTimeout": {
 			body: `{"name":"n","image":"i","cmd":"c","execution_type":"io","max_retries":0,"timeout":"1.5"}`,
 			want: taskRequest{Name: "n", Image: "i", Cmd: "c", ExecutionType: "io", MaxRetries: new(0), Timeout: 1500 * time.Millisecond},
+		},
+		"CallbackURL": {
+			body: `{"name":"n","image":"i","cmd":"c","execution_type":"io","callback_url":"https://h.example:8443/cb?x=1"}`,
+			want: taskRequest{Name: "n", Image: "i", Cmd: "c", ExecutionType: "io", CallbackURL: "https://h.example:8443/cb?x=1"},
+		},
+		"CallbackURLNull": {
+			body: `{"name":"n","image":"i","cmd":"c","execution_type":"io","callback_url":null}`,
+			want: taskRequest{Name: "n", Image: "i", Cmd: "c", ExecutionType: "io"},
 		},
 		"UnknownFieldsAreIgnored": {
 			body: `{"name":"n","image":"i","cmd":"c","execution_type":"io","storage_mount":"/legacy","priority":3}`,
@@ -100,6 +110,10 @@ func TestParseTaskRequest(t *testing.T) {
 			body: `{"name":"n","image":"i","cmd":"c","execution_type":"cpu","max_retries":"many"}`,
 			want: validationError{"max_retries": {"must be a number"}},
 		},
+		"CallbackURLNotAString": {
+			body: `{"name":"n","image":"i","cmd":"c","execution_type":"cpu","callback_url":42}`,
+			want: validationError{"callback_url": {"must be a string"}},
+		},
 		"BlankStrings": {
 			body: `{"name":"  ","image":"i i","cmd":"c","execution_type":"cpu"}`,
 			want: validationError{"name": {msgBlank}, "image": {"is invalid: an image reference has no whitespace"}},
@@ -125,6 +139,40 @@ func TestParseTaskRequest(t *testing.T) {
 			require.ErrorAs(t, err, &herr)
 			require.Equal(t, http.StatusBadRequest, herr.status)
 		})
+	}
+}
+
+func TestCheckCallbackURL(t *testing.T) {
+	t.Parallel()
+	const msg = "must be an absolute http or https URL"
+	for _, ok := range []string{
+		"http://h", "https://hooks.example.com/cb", "http://127.0.0.1:8080/x?a=b&c=%20", "https://[::1]:443/", "HTTPS://H/",
+		"https://user:pass@h/cb", "https://h/" + strings.Repeat("a", 2048-len("https://h/")),
+	} {
+		require.Empty(t, checkCallbackURL(ok), ok)
+	}
+	for bad, want := range map[string]string{
+		"ftp://h/x":                              msg,
+		"/relative":                              msg,
+		"h/x":                                    msg,
+		"//h/x":                                  msg,
+		"http://":                                msg,
+		"http:///x":                              msg,
+		"http:h":                                 msg,
+		"mailto:a@b":                             msg,
+		"http://%zz/":                            msg,
+		"javascript:alert":                       msg,
+		"http://h:0/":                            msg + ` (bad port "0")`,
+		"http://h:99999/":                        msg + ` (bad port "99999")`,
+		"http://h/a b":                           msg + " without whitespace or control characters",
+		" http://h/":                             msg + " without whitespace or control characters",
+		"http://h/\x7f":                          msg + " without whitespace or control characters",
+		"http://h/\n":                            msg + " without whitespace or control characters",
+		"http://h/#frag":                         msg + " without a fragment",
+		"http://h/#":                             msg + " without a fragment",
+		"https://h/" + strings.Repeat("a", 2048): "is too long (at most 2048 characters)",
+	} {
+		require.Equal(t, want, checkCallbackURL(bad), bad)
 	}
 }
 
@@ -179,6 +227,11 @@ func FuzzParseTaskRequest(f *testing.F) {
 	f.Add([]byte(`{"task":{"name":"n","persist_logs":1}}`))
 	f.Add([]byte(`{"task":null}`))
 	f.Add([]byte(`[{"a":1}]`))
+	f.Add([]byte(`{"name":"n","image":"i","cmd":"c","execution_type":"cpu","callback_url":"https://h:8443/cb?t=1"}`))
+	f.Add([]byte(`{"task":{"name":"n","image":"i","cmd":"c","execution_type":"cpu","callback_url":"ftp://h/x"}}`))
+	f.Add([]byte(`{"name":"n","image":"i","cmd":"c","execution_type":"cpu","callback_url":"http://h:99999/#x"}`))
+	f.Add([]byte(`{"name":"n","image":"i","cmd":"c","execution_type":"cpu","callback_url":"http://h/a\u0000b"}`))
+	f.Add([]byte(`{"name":"n","image":"i","cmd":"c","execution_type":"cpu","callback_url":["http://h/"]}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req, err := parseTaskRequest(body, testMounts)
 		if err == nil {
@@ -186,6 +239,13 @@ func FuzzParseTaskRequest(f *testing.F) {
 			require.Regexp(t, executionTypeFormat, req.ExecutionType)
 			for name := range req.StorageMounts {
 				require.Contains(t, testMounts, name)
+			}
+			if req.CallbackURL != "" {
+				u, err := url.Parse(req.CallbackURL)
+				require.NoError(t, err)
+				require.Contains(t, []string{"http", "https"}, u.Scheme)
+				require.NotEmpty(t, u.Hostname())
+				require.LessOrEqual(t, len(req.CallbackURL), maxCallbackURL)
 			}
 			return
 		}

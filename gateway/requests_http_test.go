@@ -235,7 +235,7 @@ func TestStatusAPI(t *testing.T) {
 	_, body := b.do(t, http.MethodGet, "/tasks/"+audio.UUID, "")
 	require.Contains(t, string(body), `no node offers execution type \"gpu\"`, "a task nobody can run says so")
 
-	var p pool
+	var p Pool
 	get("/status", &p)
 	require.Len(t, p.Nodes, 1)
 	require.Len(t, p.Nodes[0].Jobs, 1)

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -90,7 +91,11 @@ func (g *Gateway) statusTasks(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	views, _ := g.listTasks(f, 0, limit)
+	views := []projections.TaskView{}
+	err = g.readAt(c, func(s *projections.State, now time.Time) { views, _ = listTasks(s, now, f, 0, limit) })
+	if err != nil {
+		return err
+	}
 	return c.JSON(http.StatusOK, views)
 }
 
@@ -133,27 +138,33 @@ func (g *Gateway) listTasksPage(c echo.Context) error {
 // listTasks returns up to limit (0: all) matching tasks submitted before
 // sequence before (0: any), newest first, and whether more match.
 func (g *Gateway) listTasks(f taskFilter, before uint64, limit int) ([]projections.TaskView, bool) {
+	var (
+		views []projections.TaskView
+		more  bool
+	)
+	g.cfg.Replica.Read(func(s *projections.State) { views, more = listTasks(s, g.cfg.Now(), f, before, limit) })
+	return views, more
+}
+
+func listTasks(s *projections.State, now time.Time, f taskFilter, before uint64, limit int) ([]projections.TaskView, bool) {
 	views := []projections.TaskView{}
 	more := false
-	now := g.cfg.Now()
-	g.cfg.Replica.Read(func(s *projections.State) {
-		visit := func(t *projections.Task) bool {
-			if !f.match(t) {
-				return true
-			}
-			if limit > 0 && len(views) == limit {
-				more = true
-				return false
-			}
-			views = append(views, s.NewTaskView(t, now))
+	visit := func(t *projections.Task) bool {
+		if !f.match(t) {
 			return true
 		}
-		if before == 0 {
-			s.TasksNewestFirst(visit)
-		} else {
-			s.TasksOlderThan(before, visit)
+		if limit > 0 && len(views) == limit {
+			more = true
+			return false
 		}
-	})
+		views = append(views, s.NewTaskView(t, now))
+		return true
+	}
+	if before == 0 {
+		s.TasksNewestFirst(visit)
+	} else {
+		s.TasksOlderThan(before, visit)
+	}
 	return views, more
 }
 
@@ -161,45 +172,49 @@ func (g *Gateway) listTasks(f taskFilter, before uint64, limit int) ([]projectio
 // usage per execution type, by name.
 func (g *Gateway) statusNodes(c echo.Context) error {
 	views := []projections.NodeView{}
-	g.cfg.Replica.Read(func(s *projections.State) {
+	err := g.readAt(c, func(s *projections.State, _ time.Time) {
 		for _, n := range s.SortedNodes() {
 			views = append(views, s.NewNodeView(n))
 		}
 	})
+	if err != nil {
+		return err
+	}
 	return c.JSON(http.StatusOK, views)
 }
 
-// poolNode is a node in GET /status, with the tasks on it.
-type poolNode struct {
+// PoolNode is a node in GET /status, with the tasks on it.
+type PoolNode struct {
 	projections.NodeView
 	Jobs []projections.TaskView `json:"jobs"`
 }
 
-// pool is the answer of GET /status.
-type pool struct {
-	Nodes []poolNode `json:"nodes"`
+// Pool is the answer of GET /status.
+type Pool struct {
+	Nodes []PoolNode `json:"nodes"`
 	// Tasks counts tasks per status.
 	Tasks map[projections.TaskStatus]int `json:"tasks"`
 	// Queues counts the waiting tasks per execution type.
 	Queues map[string]int `json:"queues"`
 	// Seq is the log sequence this view reflects.
 	Seq uint64 `json:"seq"`
+	// At is when the event at Seq was stored.
+	At time.Time `json:"at,omitzero"`
 }
 
 // statusPool handles GET /status: the pool the seed's README promised (and
 // the seed answered 404): nodes with their slots and running jobs, task
 // counts per status and queue lengths per execution type.
 func (g *Gateway) statusPool(c echo.Context) error {
-	now := g.cfg.Now()
-	var p pool
-	g.cfg.Replica.Read(func(s *projections.State) {
-		p = pool{Nodes: []poolNode{}, Tasks: map[projections.TaskStatus]int{}, Queues: map[string]int{}, Seq: s.Seq}
+	var p Pool
+	err := g.readAt(c, func(s *projections.State, now time.Time) {
+		p = Pool{Nodes: []PoolNode{}, Tasks: map[projections.TaskStatus]int{}, Queues: map[string]int{}, Seq: s.Seq, At: s.StoredAt}
 		jobs := map[string][]projections.TaskView{}
 		for _, t := range s.ActiveTasks() {
 			jobs[t.NodeID] = append(jobs[t.NodeID], s.NewTaskView(t, now))
 		}
 		for _, n := range s.SortedNodes() {
-			p.Nodes = append(p.Nodes, poolNode{NodeView: s.NewNodeView(n), Jobs: append([]projections.TaskView{}, jobs[n.ID]...)})
+			p.Nodes = append(p.Nodes, PoolNode{NodeView: s.NewNodeView(n), Jobs: append([]projections.TaskView{}, jobs[n.ID]...)})
 		}
 		for _, st := range projections.TaskStatuses {
 			p.Tasks[st] = s.TaskCounts[st]
@@ -208,6 +223,9 @@ func (g *Gateway) statusPool(c echo.Context) error {
 			p.Queues[typ] = len(s.Queue(typ))
 		}
 	})
+	if err != nil {
+		return err
+	}
 	return c.JSON(http.StatusOK, p)
 }
 
@@ -337,4 +355,44 @@ func lag(last, applied uint64) uint64 {
 		return 0
 	}
 	return last - applied
+}
+
+// readAt calls f with the state the request asks for and the time its views
+// are rendered at: the live fold, or with ?at=<sequence|RFC 3339 time> the
+// fold as it stood at that point of the log, replayed from the newest
+// snapshot before it. A point at or after the live fold's position reads the
+// live fold.
+func (g *Gateway) readAt(c echo.Context, f func(s *projections.State, now time.Time)) error {
+	raw, ok := c.QueryParams()["at"]
+	if !ok {
+		g.cfg.Replica.Read(func(s *projections.State) { f(s, g.cfg.Now()) })
+		return nil
+	}
+	target, err := projections.ParseTarget(raw[0])
+	if err != nil {
+		return errorf(http.StatusBadRequest, "invalid at: %v", err)
+	}
+	live := false
+	g.cfg.Replica.Read(func(s *projections.State) {
+		if (target.Seq == 0 || target.Seq >= s.Seq) && (target.Time.IsZero() || !target.Time.Before(s.StoredAt)) {
+			live = true
+			f(s, g.cfg.Now())
+		}
+	})
+	if live {
+		return nil
+	}
+	ctx := c.Request().Context()
+	g.past.Lock() // one replay at a time: each holds a whole state
+	defer g.past.Unlock()
+	st, err := projections.FoldTo(ctx, g.cfg.JetStream, g.cfg.Snapshots, target)
+	if err != nil {
+		return fmt.Errorf("replaying the log to %s: %w", raw[0], err)
+	}
+	now := st.StoredAt
+	if !target.Time.IsZero() {
+		now = target.Time
+	}
+	f(st, now)
+	return nil
 }

@@ -77,6 +77,10 @@ func requestID(c echo.Context) string {
 	return c.Response().Header().Get(echo.HeaderXRequestID)
 }
 
+// msgWebhooksDisabled refuses a callback_url on a broker that cannot sign
+// deliveries: it never sends them unsigned.
+const msgWebhooksDisabled = "webhooks are disabled on this broker: no webhook secret is configured (--webhook-secret)"
+
 // createTask handles POST /tasks: 200 and the task, as the seed.
 func (g *Gateway) createTask(c echo.Context) error {
 	body, err := requestBody(c)
@@ -86,6 +90,9 @@ func (g *Gateway) createTask(c echo.Context) error {
 	req, err := parseTaskRequest(body, g.mountNames())
 	if err != nil {
 		return err
+	}
+	if req.CallbackURL != "" && !g.cfg.Webhooks {
+		return validationError{"callback_url": {msgWebhooksDisabled}}
 	}
 	tags := map[string]string{}
 	for k, v := range req.Tags {
@@ -99,6 +106,7 @@ func (g *Gateway) createTask(c echo.Context) error {
 		MaxRetries: max(g.cfg.MaxRetries, 0), CreatedAt: events.Time(g.cfg.Now()),
 		RetryBackoffMinMs: g.cfg.RetryBackoffMin.Milliseconds(), RetryBackoffMaxMs: g.cfg.RetryBackoffMax.Milliseconds(),
 		MaxNodeLosses: max(g.cfg.MaxNodeLosses, 0), TimeoutMs: cmp.Or(req.Timeout, g.cfg.TaskTimeout).Milliseconds(),
+		CallbackURL: req.CallbackURL,
 	}
 	if req.MaxRetries != nil {
 		p.MaxRetries = *req.MaxRetries

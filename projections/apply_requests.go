@@ -81,7 +81,7 @@ func (s *State) applyDeleted(t *Task) error {
 	if !t.Status.Terminal() {
 		return rejectCode(CodeStatus, "task %s is %s; only a task that has ended can be deleted", t.ID, t.Status)
 	}
-	s.TaskCounts[t.Status]--
+	s.uncount(t.Status)
 	delete(s.failed, t.ID)
 	delete(s.Tasks, t.ID)
 	if i, ok := slices.BinarySearchFunc(s.byAge, t.SubmitSeq, bySubmitSeq); ok {

@@ -34,6 +34,7 @@ func (s *State) applySubmitted(env events.Envelope, p *events.TaskSubmitted) err
 		MaxNodeLosses:   p.MaxNodeLosses,
 		Timeout:         time.Duration(p.TimeoutMs) * time.Millisecond,
 		IdempotencyKey:  p.IdempotencyKey,
+		CallbackURL:     p.CallbackURL,
 		CorrelationID:   env.CorrelationID,
 		CreatedAt:       p.CreatedAt,
 		SubmitSeq:       env.Seq,

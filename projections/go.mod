@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/cbroker/broker/events v0.0.0
+	github.com/google/go-cmp v0.6.0
 	github.com/stretchr/testify v1.12.1
 	go.uber.org/goleak v1.3.0
 	pgregory.net/rapid v1.3.0

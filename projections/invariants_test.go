@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"pgregory.net/rapid"
@@ -89,6 +90,16 @@ func checkInvariants(t require.TestingT, s *State) {
 		}
 		if task.Status.Terminal() {
 			require.Falsef(t, task.EndedAt.IsZero(), "terminal task %s without ended_at", task.ID)
+			require.NotNilf(t, task.Outcome, "terminal task %s without an outcome", task.ID)
+		} else {
+			require.Nilf(t, task.Outcome, "task %s has an outcome but is %s", task.ID, task.Status)
+		}
+		if w := task.Webhook; w != nil && w.State == WebhookPending {
+			require.Truef(t, task.Status.Terminal(), "pending delivery for task %s, which is %s", task.ID, task.Status)
+			require.Equalf(t, *task.Outcome, w.Outcome, "pending delivery of task %s is for another outcome", task.ID)
+		}
+		if task.Webhook != nil {
+			require.NotEmpty(t, task.CallbackURL)
 		}
 	}
 	require.Equal(t, tags, s.tags)
@@ -119,7 +130,17 @@ func genEvent(t *rapid.T) events.Payload {
 	nodeID := rapid.SampledFrom([]string{"n1", "n2"}).Draw(t, "node")
 	attempt := rapid.IntRange(1, 5).Draw(t, "attempt")
 	slot := rapid.SampledFrom([]string{"cpu-1", "cpu-2", "io-1"}).Draw(t, "slot")
-	switch rapid.IntRange(0, 25).Draw(t, "kind") {
+	switch rapid.IntRange(0, 28).Draw(t, "kind") {
+	case 26: // Attempt is an offset from the recorded attempts (see aimWebhook)
+		return &events.WebhookAttempted{
+			TaskID: task, Attempt: rapid.IntRange(0, 2).Draw(t, "webhook_attempt"),
+			StatusCode:    rapid.SampledFrom([]int{0, 200, 500}).Draw(t, "status"),
+			NextAttemptAt: rapid.SampledFrom([]time.Time{{}, t0}).Draw(t, "next_attempt_at"),
+		}
+	case 27:
+		return &events.WebhookDelivered{TaskID: task, Attempt: rapid.IntRange(-1, 1).Draw(t, "webhook_attempt")}
+	case 28:
+		return &events.WebhookAbandoned{TaskID: task, Attempts: rapid.IntRange(-1, 1).Draw(t, "webhook_attempt")}
 	case 23:
 		return &events.TaskRetrying{TaskID: task, Attempt: attempt, NextAttempt: attempt + 1, Cause: events.CauseNodeLost}
 	case 24:
@@ -131,6 +152,7 @@ func genEvent(t *rapid.T) events.Payload {
 			TaskID: task, ExecutionType: rapid.SampledFrom([]string{"cpu", "io"}).Draw(t, "type"), MaxRetries: rapid.IntRange(0, 3).Draw(t, "retries"),
 			MaxNodeLosses: rapid.IntRange(0, 2).Draw(t, "losses"),
 			Tags:          rapid.SampledFrom([]map[string]string{nil, {"a": "1"}, {"a": "2", "b": "x"}}).Draw(t, "tags"),
+			CallbackURL:   rapid.SampledFrom([]string{"", "http://h/"}).Draw(t, "callback_url"),
 		}
 	case 13:
 		return &events.CancelRequested{TaskID: task}
@@ -179,6 +201,26 @@ func genEvent(t *rapid.T) events.Payload {
 	}
 }
 
+// aimWebhook points a webhook event at the outcome its task's delivery is
+// for, and turns its drawn attempt offset into an attempt number near the
+// recorded ones, so that random sequences hold valid deliveries too.
+func aimWebhook(s *State, p events.Payload) events.Payload {
+	t, ok := s.Tasks[p.AggregateID()]
+	if !ok || t.Webhook == nil {
+		return p
+	}
+	w := t.Webhook
+	switch p := p.(type) {
+	case *events.WebhookAttempted:
+		p.OutcomeSeq, p.Attempt = w.Outcome.Seq, w.Attempts+p.Attempt
+	case *events.WebhookDelivered:
+		p.OutcomeSeq, p.Attempt = w.Outcome.Seq, w.Attempts+p.Attempt
+	case *events.WebhookAbandoned:
+		p.OutcomeSeq, p.Attempts = w.Outcome.Seq, w.Attempts+p.Attempts
+	}
+	return p
+}
+
 func TestFoldProperties(t *testing.T) {
 	t.Parallel()
 	rapid.Check(t, func(rt *rapid.T) {
@@ -188,7 +230,7 @@ func TestFoldProperties(t *testing.T) {
 		terminal := map[string]TaskStatus{}
 		completions := map[string]int{}
 		for i := range n {
-			env := envelope(rt, uint64(i+1), genEvent(rt))
+			env := envelope(rt, uint64(i+1), aimWebhook(s, genEvent(rt)))
 			envs = append(envs, env)
 			out := s.Apply(env)
 			checkInvariants(rt, s)

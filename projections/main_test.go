@@ -5,10 +5,12 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"go.uber.org/goleak"
+
+	"github.com/cbroker/broker/internal/natstest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, natstest.IgnoreObjectStoreRace())
 }
 
 // assertT lets require run inside EventuallyWithT's collector.

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/cbroker/broker/events"
 )
 
 // TaskStatus is a task's status, with the seed's names.
@@ -131,6 +133,74 @@ type Task struct {
 	// LastEventID is the envelope ID of the last event accepted for the task,
 	// the causation of the next derived event.
 	LastEventID string `json:"last_event_id,omitempty"`
+	// CallbackURL receives the task's terminal outcome events; "" for none.
+	CallbackURL string `json:"callback_url,omitempty"`
+	// Outcome is the event that gave the task its current terminal status;
+	// nil while the task has not ended.
+	Outcome *OutcomeRef `json:"outcome,omitempty"`
+	// Webhook is the delivery of the current (or, once the task runs again,
+	// the last) outcome to CallbackURL; nil without a callback URL or before
+	// the first outcome.
+	Webhook *WebhookDelivery `json:"webhook,omitempty"`
+}
+
+// OutcomeRef identifies the event that ended a task.
+type OutcomeRef struct {
+	Seq  uint64      `json:"seq"`
+	ID   string      `json:"id"`
+	Type events.Type `json:"type"`
+}
+
+// WebhookState is where the delivery of an outcome stands.
+type WebhookState string
+
+// Webhook delivery states.
+const (
+	// WebhookPending: attempts are due (at NextAttemptAt) or the result of
+	// the last one is still to be recorded.
+	WebhookPending WebhookState = "pending"
+	// WebhookDelivered: an attempt got a 2xx answer; nothing more is sent.
+	WebhookDelivered WebhookState = "delivered"
+	// WebhookAbandoned: every attempt failed; nothing more is sent.
+	WebhookAbandoned WebhookState = "abandoned"
+	// WebhookSuperseded: the task left the outcome (a forced retry) before
+	// the delivery ended; nothing more is sent for it.
+	WebhookSuperseded WebhookState = "superseded"
+)
+
+// WebhookDelivery is the state of the delivery of one outcome event to a
+// task's callback URL, as recorded by webhook events.
+type WebhookDelivery struct {
+	// Outcome is the event delivered.
+	Outcome OutcomeRef   `json:"outcome"`
+	State   WebhookState `json:"state"`
+	// Attempts is the number of recorded attempts.
+	Attempts int `json:"attempts,omitempty"`
+	// LastStatusCode and LastError are the last attempt's result.
+	LastStatusCode int       `json:"last_status_code,omitempty"`
+	LastError      string    `json:"last_error,omitempty"`
+	LastAttemptAt  time.Time `json:"last_attempt_at,omitzero"`
+	// LastSucceeded is set when the last attempt got a 2xx answer.
+	LastSucceeded bool `json:"last_succeeded,omitempty"`
+	// NextAttemptAt is when the next attempt is due; zero for the first
+	// attempt (due at once) and after the last one.
+	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"`
+	// EndedAt is when the delivery was recorded delivered or abandoned.
+	EndedAt time.Time `json:"ended_at,omitzero"`
+}
+
+// Due returns what the delivery waits for: another attempt (at the returned
+// time; zero means at once), or the recording of the last attempt's result
+// (record is true: delivered after a success, abandoned after a failure
+// with no next attempt). ok is false when nothing is to be done.
+func (w *WebhookDelivery) Due() (at time.Time, record, ok bool) {
+	if w == nil || w.State != WebhookPending {
+		return time.Time{}, false, false
+	}
+	if w.Attempts > 0 && (w.LastSucceeded || w.NextAttemptAt.IsZero()) {
+		return time.Time{}, true, true
+	}
+	return w.NextAttemptAt, false, true
 }
 
 // LogRef points at one attempt's archived logs.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -36,18 +37,25 @@ type ReplicaConfig struct {
 	// Remember is how many recent outcomes are kept for WaitSeq and Since.
 	// Defaults to 65536.
 	Remember int
+	// Snapshots, when set, gives the fold its starting point: the newest
+	// snapshot that matches the log, instead of the first event.
+	Snapshots *Snapshots
 }
 
 // Replica keeps one State up to date from the event stream and shares it
 // with every actor in the process: they read it under a lock, wake up when it
 // changes, and wait for it to reach the sequence of their own writes.
 type Replica struct {
-	js  jetstream.JetStream
-	log *slog.Logger
+	js        jetstream.JetStream
+	log       *slog.Logger
+	snapshots *Snapshots
 
 	mu    sync.RWMutex
 	state *State
 	ring  []Applied
+	// base is the sequence the fold started from (a snapshot's, or 0): the
+	// outcomes of events up to it were never seen.
+	base uint64
 
 	cmu     sync.Mutex
 	changed chan struct{}
@@ -68,12 +76,13 @@ func NewReplica(cfg ReplicaConfig) (*Replica, error) {
 		cfg.Remember = 1 << 16
 	}
 	return &Replica{
-		js:      cfg.JetStream,
-		log:     cfg.Logger.With(slog.String("component", "replica")),
-		state:   NewState(),
-		ring:    make([]Applied, cfg.Remember),
-		changed: make(chan struct{}),
-		ready:   make(chan struct{}),
+		js:        cfg.JetStream,
+		snapshots: cfg.Snapshots,
+		log:       cfg.Logger.With(slog.String("component", "replica")),
+		state:     NewState(),
+		ring:      make([]Applied, cfg.Remember),
+		changed:   make(chan struct{}),
+		ready:     make(chan struct{}),
 	}, nil
 }
 
@@ -88,6 +97,20 @@ func (r *Replica) Run(ctx context.Context) error {
 }
 
 func (r *Replica) run(ctx context.Context) error {
+	if r.snapshots != nil && r.Seq() == 0 {
+		start := time.Now()
+		st, err := r.snapshots.Load(ctx, Target{})
+		if err != nil {
+			r.log.WarnContext(ctx, "reading snapshots; folding the whole log", slog.Any("error", err))
+		}
+		if st != nil {
+			r.mu.Lock()
+			r.state, r.base = st, st.Seq
+			r.mu.Unlock()
+			r.log.InfoContext(ctx, "fold restored from snapshot", slog.Uint64("seq", st.Seq),
+				slog.Int("tasks", len(st.Tasks)), slog.Duration("took", time.Since(start)))
+		}
+	}
 	stream, err := r.js.Stream(ctx, events.StreamName)
 	if err != nil {
 		return fmt.Errorf("opening stream %s: %w", events.StreamName, err)
@@ -129,16 +152,8 @@ func (r *Replica) handle(m jetstream.Msg, target uint64) {
 		return
 	}
 	seq := md.Sequence.Stream
-	env, err := events.Decode(m.Data())
 	r.mu.Lock()
-	var out Outcome
-	if err != nil {
-		r.state.Seq = max(r.state.Seq, seq)
-		out = Outcome{Seq: seq, Reason: err.Error()}
-	} else {
-		env.Seq = seq
-		out = r.state.Apply(env)
-	}
+	env, out, err := foldMsg(r.state, m.Data(), seq, md.Timestamp)
 	r.ring[seq%uint64(len(r.ring))] = Applied{
 		Seq: seq, ID: env.ID, Type: env.Type, AggregateID: env.AggregateID,
 		CorrelationID: env.CorrelationID, Outcome: out,
@@ -203,7 +218,7 @@ func (r *Replica) ReadSince(after uint64, f func(s *State, applied []Applied, co
 	defer r.mu.RUnlock()
 	head := r.state.Seq
 	size := uint64(len(r.ring))
-	if head > after && head-after > size {
+	if (head > after && head-after > size) || after < r.base {
 		f(r.state, nil, false)
 		return
 	}

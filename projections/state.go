@@ -31,9 +31,12 @@ type Outcome struct {
 // The zero value is not usable; call NewState.
 type State struct {
 	// Seq is the stream sequence of the last event folded.
-	Seq   uint64
-	Tasks map[string]*Task
-	Nodes map[string]*Node
+	Seq uint64
+	// StoredAt is the stream time of the event at Seq. The reader of the
+	// stream sets it (Apply has no stream metadata); zero when unknown.
+	StoredAt time.Time
+	Tasks    map[string]*Task
+	Nodes    map[string]*Node
 	// TaskCounts is the number of tasks in each status.
 	TaskCounts map[TaskStatus]int
 
@@ -192,6 +195,12 @@ func (s *State) apply(env events.Envelope, p events.Payload) error {
 		return s.withNode(env, p.NodeID, func(n *Node) error { return s.applyRemoved(n) })
 	case *events.NodeKillRequested:
 		return s.withNode(env, p.NodeID, func(n *Node) error { s.applyNodeKill(n); return nil })
+	case *events.WebhookAttempted:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return applyWebhookAttempted(t, p) })
+	case *events.WebhookDelivered:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return applyWebhookDelivered(t, env, p) })
+	case *events.WebhookAbandoned:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return applyWebhookAbandoned(t, env, p) })
 	default:
 		return rejectf("event type %s is not handled by this fold", env.Type)
 	}
@@ -205,8 +214,12 @@ func (s *State) withTask(env events.Envelope, id string, f func(*Task) error) er
 	if !ok {
 		return rejectCode(CodeNotFound, "task %s does not exist", id)
 	}
+	before := t.Status
 	if err := f(t); err != nil {
 		return err
+	}
+	if t.Status != before {
+		t.outcomeChanged(env)
 	}
 	t.LastEventID = env.ID
 	if t.Status.Terminal() && t.EndedAt.IsZero() {
@@ -286,7 +299,7 @@ func sortedBySubmit(m map[string]*Task) []*Task {
 // failed tasks in step. Leaving a terminal status clears EndedAt.
 func (s *State) setStatus(t *Task, st TaskStatus) {
 	if t.Status != "" {
-		s.TaskCounts[t.Status]--
+		s.uncount(t.Status)
 	}
 	if !st.Terminal() {
 		t.EndedAt = time.Time{}
@@ -300,6 +313,14 @@ func (s *State) setStatus(t *Task, st TaskStatus) {
 	}
 	if st.Terminal() {
 		delete(s.cancelling, t.ID)
+	}
+}
+
+// uncount removes one task from a status's count, dropping the entry at
+// zero so that TaskCounts lists only the statuses tasks have.
+func (s *State) uncount(st TaskStatus) {
+	if s.TaskCounts[st]--; s.TaskCounts[st] <= 0 {
+		delete(s.TaskCounts, st)
 	}
 }
 

@@ -56,6 +56,39 @@ type TaskView struct {
 	// SubmitSeq is the stream sequence of the submission (the order of
 	// lists, and their cursor).
 	SubmitSeq uint64 `json:"submit_seq"`
+	// CallbackURL receives the task's outcome events.
+	CallbackURL string `json:"callback_url,omitempty"`
+	// Webhook is the delivery of the task's latest outcome to CallbackURL.
+	Webhook *WebhookView `json:"webhook,omitempty"`
+}
+
+// WebhookView is the delivery of a task's latest outcome in a task view.
+type WebhookView struct {
+	OutcomeType    string       `json:"outcome_type"`
+	OutcomeSeq     uint64       `json:"outcome_seq"`
+	State          WebhookState `json:"state"`
+	Attempts       int          `json:"attempts"`
+	LastStatusCode *int         `json:"last_status_code"`
+	LastError      *string      `json:"last_error"`
+	NextAttemptAt  *string      `json:"next_attempt_at"`
+	EndedAt        *string      `json:"ended_at"`
+}
+
+func newWebhookView(w *WebhookDelivery) *WebhookView {
+	if w == nil {
+		return nil
+	}
+	v := &WebhookView{
+		OutcomeType: string(w.Outcome.Type), OutcomeSeq: w.Outcome.Seq, State: w.State, Attempts: w.Attempts,
+		NextAttemptAt: FormatTime(w.NextAttemptAt), EndedAt: FormatTime(w.EndedAt),
+	}
+	if w.LastStatusCode != 0 {
+		v.LastStatusCode = ptr(w.LastStatusCode)
+	}
+	if w.LastError != "" {
+		v.LastError = ptr(w.LastError)
+	}
+	return v
 }
 
 // SlotRef names a slot in a task view.
@@ -92,6 +125,8 @@ func (s *State) NewTaskView(t *Task, now time.Time) TaskView {
 	v.NodeLosses = t.NodeLosses
 	v.EndedAt = FormatTime(t.EndedAt)
 	v.SubmitSeq = t.SubmitSeq
+	v.CallbackURL = t.CallbackURL
+	v.Webhook = newWebhookView(t.Webhook)
 	switch {
 	case t.Queued() && !s.offers(t.ExecutionType):
 		// The seed let such a task wait in silence.

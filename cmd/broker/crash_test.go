@@ -27,7 +27,7 @@ func TestKill9(t *testing.T) {
 	engine := dockertest.Engines(t, 1)[0]
 	dir := t.TempDir()
 	natsAddr := freePort(t)
-	env := []string{"DOCKER_HOST=" + engine.Hostname, "BROKER_DATA_DIR=" + dir}
+	env := []string{"DOCKER_HOST=" + engine.Hostname, "BROKER_DATA_DIR=" + dir, "BROKER_NATS_SUBSCRIBER_PASSWORD=auditor"}
 	args := []string{"--local-node", "true", "--local-node-slots", "cpu=4", "--nats-listen", natsAddr}
 	p := serve(t, env, args...)
 
@@ -61,8 +61,9 @@ func TestKill9(t *testing.T) {
 		}
 	}, 120*time.Second, 100*time.Millisecond)
 
-	// Fold the log again here and count what the fold accepted.
-	nc, err := nats.Connect("nats://" + natsAddr)
+	// Fold the log again here, as the read-only subscriber user, and count
+	// what the fold accepted.
+	nc, err := nats.Connect("nats://"+natsAddr, nats.UserInfo("subscriber", "auditor"))
 	require.NoError(t, err)
 	defer nc.Close()
 	js, err := jetstream.New(nc)

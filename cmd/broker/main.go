@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -16,15 +17,53 @@ import (
 	"github.com/cbroker/broker/cmd/internal/app"
 	"github.com/cbroker/broker/cmd/internal/audit"
 	"github.com/cbroker/broker/cmd/internal/bench"
+	"github.com/cbroker/broker/cmd/internal/replay"
+	"github.com/cbroker/broker/projections"
 )
 
 type cli struct {
 	LogLevel  string `name:"log-level" default:"info" enum:"debug,info,warn,error" env:"BROKER_LOG_LEVEL" help:"Log level: debug, info, warn, error."`
 	LogFormat string `name:"log-format" default:"text" enum:"text,json" env:"BROKER_LOG_FORMAT" help:"Log format: text or json."`
 
-	Serve serveCmd `cmd:"" help:"Run the broker: the HTTP API, the scheduler, the runners, the health monitor and the projector."`
-	Bench benchCmd `cmd:"" help:"Measure the control plane: task lifecycles per second with a no-op runtime (benchmark only)."`
-	Audit auditCmd `cmd:"" help:"Print a history from the log for people."`
+	Serve       serveCmd       `cmd:"" help:"Run the broker: the HTTP API, the scheduler, the runners, the health monitor and the projector."`
+	Bench       benchCmd       `cmd:"" help:"Measure the control plane: task lifecycles per second with a no-op runtime (benchmark only)."`
+	Audit       auditCmd       `cmd:"" help:"Print a history from the log for people."`
+	Replay      replayCmd      `cmd:"" help:"Print the pool (nodes, slots, jobs, queues, tasks) as it stood at a point of the log."`
+	Projections projectionsCmd `cmd:"" help:"Manage the KV views projected from the log."`
+}
+
+type replayCmd struct {
+	At    string `name:"at" required:"" help:"The point of the log: a stream sequence (1234) or an RFC 3339 time (2026-11-27T12:00:00Z)."`
+	API   string `name:"api" default:"http://127.0.0.1:8080" env:"BROKER_API" help:"The broker's HTTP API."`
+	Tasks int    `name:"tasks" default:"20" help:"How many of the newest tasks to list (0: none)."`
+	JSON  bool   `name:"json" help:"Print the API's JSON answers instead of tables."`
+}
+
+func (r *replayCmd) Run(ctx context.Context) error {
+	return replay.Show(ctx, replay.Options{API: r.API, At: r.At, Tasks: r.Tasks, JSON: r.JSON}, os.Stdout)
+}
+
+type projectionsCmd struct {
+	Rebuild rebuildCmd `cmd:"" help:"Drop the task and node views and write them again from the log. Run it while no broker is running on the store."`
+}
+
+type rebuildCmd struct {
+	DataDir string `name:"data-dir" default:"./broker-data" env:"BROKER_DATA_DIR" help:"Data directory of the stopped broker whose embedded store to rebuild."`
+	NATSURL string `name:"nats-url" env:"BROKER_NATS_URL" help:"Rebuild on this external NATS server instead (stop every broker's projector first)."`
+}
+
+func (r *rebuildCmd) Run(ctx context.Context, log *slog.Logger) error {
+	store, err := app.OpenStore(ctx, app.Config{DataDir: r.DataDir, NATSURL: r.NATSURL, NATSListen: "none", Logger: log})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	res, err := projections.Rebuild(ctx, store.JetStream(), store.Snapshots(), log, time.Now())
+	if err != nil {
+		return err
+	}
+	fmt.Printf("rebuilt %d task views and %d node views at sequence %d in %v\n", res.Tasks, res.Nodes, res.Seq, res.Took.Round(time.Millisecond))
+	return nil
 }
 
 type auditCmd struct {
@@ -43,7 +82,11 @@ func (a *auditTaskCmd) Run(ctx context.Context) error {
 type serveCmd struct {
 	Listen          string            `name:"listen" default:"127.0.0.1:8080" env:"BROKER_LISTEN" help:"Address of the HTTP API."`
 	DataDir         string            `name:"data-dir" default:"./broker-data" env:"BROKER_DATA_DIR" help:"Directory of the embedded NATS server's store."`
-	NATSURL         string            `name:"nats-url" env:"BROKER_NATS_URL" help:"Use this external NATS server (comma-separated URLs) instead of the embedded one."`
+	NATSURL         string            `name:"nats-url" env:"BROKER_NATS_URL" help:"Use this external NATS server (comma-separated URLs, nats://user:password@host:4222 works) instead of the embedded one."`
+	NATSUser        string            `name:"nats-user" env:"BROKER_NATS_USER" help:"With --nats-url: the user to log in as (default broker when a password is given)."`
+	NATSPassword    string            `name:"nats-password" env:"BROKER_NATS_PASSWORD" help:"Password of nats.conf's broker user. Embedded: sets it (default: random for each start); with --nats-url: the password to log in with."`
+	NATSCreds       string            `name:"nats-creds" env:"BROKER_NATS_CREDS" help:"With --nats-url: a NATS credentials file (JWT and nkey) to log in with."`
+	SubscriberPass  string            `name:"nats-subscriber-password" env:"BROKER_NATS_SUBSCRIBER_PASSWORD" help:"Embedded: password of nats.conf's read-only subscriber user (default: generated once and kept in <data-dir>/subscriber.password)."`
 	NATSConfig      string            `name:"nats-config" env:"BROKER_NATS_CONFIG" help:"Configuration file of the embedded NATS server, in the format of the repository's nats.conf (default: that file, built in)."`
 	NATSListen      string            `name:"nats-listen" env:"BROKER_NATS_LISTEN" help:"Client address of the embedded NATS server, overriding nats.conf (host:port; port -1 picks one; none opens no port)."`
 	LocalNode       string            `name:"local-node" default:"auto" enum:"auto,true,false" env:"BROKER_LOCAL_NODE" help:"Register the Docker engine at DOCKER_HOST or the default socket as a node: auto (when it answers), true (it must), false."`
@@ -58,7 +101,15 @@ type serveCmd struct {
 	MaxNodeLosses   int               `name:"max-node-losses" default:"5" env:"BROKER_MAX_NODE_LOSSES" help:"How often a task's attempt may be lost with its node before the task fails (these do not use up retries)."`
 	TaskTimeout     time.Duration     `name:"task-timeout" default:"0s" env:"BROKER_TASK_TIMEOUT" help:"Longest run of an attempt of a task that does not give a timeout (0: no limit)."`
 	StopGrace       time.Duration     `name:"stop-grace" default:"10s" env:"BROKER_STOP_GRACE" help:"Time a cancelled task's container has between SIGTERM and SIGKILL."`
+	SnapshotEvery   int               `name:"snapshot-every" default:"100000" env:"BROKER_SNAPSHOT_EVERY" help:"Take a fold snapshot every this many events, so that start-up and replays need not fold the whole log (0: never)."`
+	SnapshotKeep    int               `name:"snapshot-keep" default:"3" env:"BROKER_SNAPSHOT_KEEP" help:"How many fold snapshots to keep."`
 	FailedTimeout   time.Duration     `name:"failed-timeout" default:"20h" env:"BROKER_FAILED_TIMEOUT" help:"How long a task stays failed before it is marked as error (the seed's timeout_tasks_after_hours); 0 disables it."`
+
+	WebhookSecret      string        `name:"webhook-secret" env:"BROKER_WEBHOOK_SECRET,CB_WEBHOOK_SECRET" help:"Key of the HMAC-SHA256 signature of webhook deliveries (prefer the environment variable). Without it, tasks cannot give a callback_url."`
+	WebhookMaxAttempts int           `name:"webhook-max-attempts" default:"10" env:"BROKER_WEBHOOK_MAX_ATTEMPTS" help:"Attempts of a webhook delivery before it is abandoned."`
+	WebhookBackoffMin  time.Duration `name:"webhook-backoff-min" default:"1s" env:"BROKER_WEBHOOK_BACKOFF_MIN" help:"Pause after a first failed webhook attempt; it doubles with every attempt, with jitter."`
+	WebhookBackoffMax  time.Duration `name:"webhook-backoff-max" default:"5m" env:"BROKER_WEBHOOK_BACKOFF_MAX" help:"Longest pause between webhook attempts."`
+	WebhookTimeout     time.Duration `name:"webhook-timeout" default:"10s" env:"BROKER_WEBHOOK_TIMEOUT" help:"Time a webhook receiver has to answer one attempt."`
 }
 
 func (s *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
@@ -68,11 +119,15 @@ func (s *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	a, err := app.New(ctx, app.Config{
 		Listen: s.Listen, DataDir: s.DataDir, NATSURL: s.NATSURL, NATSConfig: s.NATSConfig, NATSListen: s.NATSListen,
+		NATSUser: s.NATSUser, NATSPassword: s.NATSPassword, NATSCreds: s.NATSCreds, SubscriberPassword: s.SubscriberPass,
 		LocalNode: s.LocalNode, LocalNodeSlots: slots, Mounts: s.StorageMount,
 		HealthInterval: s.HealthInterval, HealthGrace: s.HealthGrace, StopGrace: s.StopGrace, DockerCertPath: s.DockerCertPath,
 		FailedTimeout: failedTimeout(s.FailedTimeout), Logger: log,
 		MaxRetries: zeroAsNone(s.MaxRetries), RetryBackoffMin: s.RetryBackoffMin, RetryBackoffMax: s.RetryBackoffMax,
 		MaxNodeLosses: zeroAsNone(s.MaxNodeLosses), TaskTimeout: s.TaskTimeout,
+		SnapshotEvery: zeroAsNone(s.SnapshotEvery), SnapshotKeep: s.SnapshotKeep,
+		WebhookSecret: s.WebhookSecret, WebhookMaxAttempts: s.WebhookMaxAttempts,
+		WebhookBackoffMin: s.WebhookBackoffMin, WebhookBackoffMax: s.WebhookBackoffMax, WebhookTimeout: s.WebhookTimeout,
 	})
 	if err != nil {
 		return err
@@ -103,18 +158,42 @@ func failedTimeout(d time.Duration) time.Duration {
 }
 
 type benchCmd struct {
+	Lifecycles benchLifecyclesCmd `cmd:"" default:"withargs" help:"Task lifecycles per second through the REST API with a no-op runtime (the default)."`
+	Replay     benchReplayCmd     `cmd:"" help:"Replay speed of the fold and start-up time on a long log, without and with a snapshot."`
+}
+
+type benchLifecyclesCmd struct {
 	Tasks   int `name:"tasks" default:"10000" help:"Number of tasks to submit."`
 	Clients int `name:"clients" default:"8" help:"Concurrent HTTP clients submitting them."`
 	Slots   int `name:"slots" default:"64" help:"Slots of the benchmark's no-op node."`
 }
 
-func (b *benchCmd) Run(ctx context.Context, log *slog.Logger) error {
-	// The broker under test logs only its warnings and errors, unless debug
-	// logs were asked for.
+// quiet keeps the broker under test to its warnings and errors, unless
+// debug logs were asked for.
+func quiet(ctx context.Context, log *slog.Logger) *slog.Logger {
 	if !log.Enabled(ctx, slog.LevelDebug) {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	res, err := bench.Run(ctx, bench.Config{Tasks: b.Tasks, Clients: b.Clients, Slots: b.Slots, Logger: log})
+	return log
+}
+
+func (b *benchLifecyclesCmd) Run(ctx context.Context, log *slog.Logger) error {
+	res, err := bench.Run(ctx, bench.Config{Tasks: b.Tasks, Clients: b.Clients, Slots: b.Slots, Logger: quiet(ctx, log)})
+	if err != nil {
+		return err
+	}
+	res.Print(os.Stdout)
+	return nil
+}
+
+type benchReplayCmd struct {
+	Events  int    `name:"events" default:"1000000" help:"Length of the log to build."`
+	Runs    int    `name:"runs" default:"3" help:"How often each start-up is measured."`
+	DataDir string `name:"data-dir" help:"Directory of the store (default: a temporary one, removed at the end)."`
+}
+
+func (b *benchReplayCmd) Run(ctx context.Context, log *slog.Logger) error {
+	res, err := bench.Replay(ctx, bench.ReplayConfig{Events: b.Events, Runs: b.Runs, DataDir: b.DataDir, Logger: quiet(ctx, log)})
 	if err != nil {
 		return err
 	}

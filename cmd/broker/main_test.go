@@ -104,6 +104,16 @@ func (p *process) call(t require.TestingT, method, path, body string, out any) i
 	return resp.StatusCode
 }
 
+// run runs a broker command to its end and returns its output.
+func run(t *testing.T, args ...string) []byte {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "BROKER_TEST_MAIN=1")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, string(out))
+	return out
+}
+
 func TestServeWithTheLocalEngine(t *testing.T) {
 	t.Parallel()
 	engine := dockertest.Engines(t, 1)[0]
@@ -132,16 +142,31 @@ func TestServeWithTheLocalEngine(t *testing.T) {
 	require.Equal(t, http.StatusOK, p.call(t, http.MethodGet, "/tasks/"+id+"/logs", "", &logs))
 	require.Equal(t, "hello from the broker\n", logs["logs"])
 
-	audit := exec.CommandContext(t.Context(), os.Args[0], "audit", "task", id, "--api", p.base)
-	audit.Env = append(os.Environ(), "BROKER_TEST_MAIN=1")
-	out, err := audit.CombinedOutput()
-	require.NoError(t, err, string(out))
+	out := run(t, "audit", "task", id, "--api", p.base)
 	for _, want := range []string{"task " + id, "submitted", "slot_reserved", "container_started", "logs_archived", "container_exited", "completed", "accepted"} {
 		require.Contains(t, string(out), want)
 	}
 	require.Eventually(t, func() bool { return len(dockertest.TaskContainers(t, engine, id)) == 0 },
 		10*time.Second, 50*time.Millisecond, "the broker removes the task's container")
+
+	// The pool as it stood when the task was submitted, and as it is now.
+	var timeline []map[string]any
+	require.Equal(t, http.StatusOK, p.call(t, http.MethodGet, "/tasks/"+id+"/events", "", &timeline))
+	submitted := fmt.Sprint(int(timeline[0]["seq"].(float64)))
+	out = run(t, "replay", "--at", submitted, "--api", p.base)
+	require.Contains(t, string(out), "pool at sequence "+submitted)
+	require.Regexp(t, `n001d\s+available\s+true\s+cpu 0/2, network 0/10`, string(out))
+	require.Contains(t, string(out), "tasks:  waiting 1\n")
+	require.Contains(t, string(out), "queues: cpu 1\n")
+	require.Regexp(t, id+`\s+readme\s+cpu\s+waiting\s+0\s+-\s+-`, string(out))
+	out = run(t, "replay", "--at", time.Now().UTC().Format(time.RFC3339Nano), "--api", p.base)
+	require.Contains(t, string(out), "tasks:  completed 1\n")
+	require.Regexp(t, id+`\s+readme\s+cpu\s+completed\s+1\s+0\s+-`, string(out))
 	p.stop(t)
+
+	// The views again from the log, with the broker stopped.
+	out = run(t, "projections", "rebuild", "--data-dir", dir)
+	require.Regexp(t, `rebuilt 1 task views and 1 node views at sequence \d+`, string(out))
 
 	// The same data directory again: the node is not registered twice and
 	// the task is still there.
@@ -167,4 +192,19 @@ func TestServeWithoutAnEngine(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	require.Error(t, err, "--local-node true fails without an engine")
 	require.Contains(t, string(out), "local Docker engine tcp://127.0.0.1:1")
+}
+
+func TestWebhookSecretFromTheEnvironment(t *testing.T) {
+	t.Parallel()
+	hooked := `{"name":"n","image":"i","cmd":"c","execution_type":"cpu","callback_url":"https://example.com/cb"}`
+	env := []string{"DOCKER_HOST=tcp://127.0.0.1:1"}
+	p := serve(t, env, "--data-dir", t.TempDir(), "--nats-listen", "none")
+	var refused map[string][]string
+	require.Equal(t, http.StatusUnprocessableEntity, p.call(t, http.MethodPost, "/tasks", hooked, &refused))
+	require.Contains(t, refused["callback_url"][0], "webhooks are disabled")
+	p.stop(t)
+
+	p = serve(t, append(env, "CB_WEBHOOK_SECRET=from-the-environment"), "--data-dir", t.TempDir(), "--nats-listen", "none")
+	require.Equal(t, http.StatusOK, p.call(t, http.MethodPost, "/tasks", hooked, nil))
+	p.stop(t)
 }

@@ -1,5 +1,6 @@
 // Package benchnoop is a runtime for benchmarks only: it runs nothing. Its
-// containers "exit" with code 0 the moment they start, so a benchmark
+// containers "exit" the moment they start, with code 0 (or N for the command
+// "exit N", so that tests can drive retries and failures), so a benchmark
 // measures the broker's control plane alone.
 //
 // It accepts only hostnames of the form bench-noop://<name>, which the REST
@@ -9,6 +10,7 @@ package benchnoop
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,13 +32,22 @@ func (Runtime) Supports(hostname string) bool { return strings.HasPrefix(hostnam
 func (Runtime) Ping(context.Context, runtime.Node) error { return nil }
 
 // Start implements runtime.Runtime.
-func (Runtime) Start(context.Context, runtime.Node, runtime.Spec) (runtime.Container, error) {
-	return container{at: time.Now()}, nil
+func (Runtime) Start(_ context.Context, _ runtime.Node, spec runtime.Spec) (runtime.Container, error) {
+	return container{at: time.Now(), code: exitCode(spec.Cmd)}, nil
 }
 
 // Attach implements runtime.Runtime.
-func (Runtime) Attach(context.Context, runtime.Node, runtime.Spec) (runtime.Container, error) {
-	return container{at: time.Now()}, nil
+func (Runtime) Attach(_ context.Context, _ runtime.Node, spec runtime.Spec) (runtime.Container, error) {
+	return container{at: time.Now(), code: exitCode(spec.Cmd)}, nil
+}
+
+// exitCode is N for the command "exit N", 0 for any other.
+func exitCode(cmd string) int {
+	n, err := strconv.Atoi(strings.TrimPrefix(strings.TrimSpace(cmd), "exit "))
+	if err != nil || n < 0 || n > 255 {
+		return 0
+	}
+	return n
 }
 
 // Logs implements runtime.Runtime: there are none.
@@ -56,10 +67,13 @@ func (Runtime) List(context.Context, runtime.Node, string) ([]runtime.Found, err
 // Stop implements runtime.Runtime.
 func (Runtime) Stop(context.Context, runtime.Node, string, time.Duration) error { return nil }
 
-type container struct{ at time.Time }
+type container struct {
+	at   time.Time
+	code int
+}
 
 func (c container) ID() string           { return "bench-noop" }
 func (c container) StartedAt() time.Time { return c.at }
 func (c container) Wait(context.Context) (runtime.Exit, error) {
-	return runtime.Exit{Code: 0, StartedAt: c.at, FinishedAt: c.at}, nil
+	return runtime.Exit{Code: c.code, StartedAt: c.at, FinishedAt: c.at}, nil
 }

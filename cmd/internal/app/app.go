@@ -32,6 +32,7 @@ import (
 	"github.com/cbroker/broker/services/runner"
 	"github.com/cbroker/broker/services/runtime"
 	"github.com/cbroker/broker/services/scheduler"
+	"github.com/cbroker/broker/services/webhook"
 )
 
 // DefaultNATSConfig is the repository's nats.conf, built into the binary.
@@ -54,7 +55,19 @@ type Config struct {
 	// NATSURL is set.
 	DataDir string
 	// NATSURL connects to an external NATS server instead of starting one.
+	// It may carry a user and password (nats://user:password@host:4222).
 	NATSURL string
+	// NATSUser and NATSPassword log in to an external server (the user
+	// defaults to BrokerUser when only a password is given); NATSCreds is a
+	// credentials file (JWT and nkey) instead. In embedded mode NATSPassword
+	// is the password of nats.conf's broker user (VarBrokerPassword); empty
+	// means a random one for each start.
+	NATSUser, NATSPassword, NATSCreds string
+	// SubscriberPassword is the password of nats.conf's read-only
+	// subscriber user in embedded mode (VarSubscriberPassword). Empty means
+	// the one kept in <DataDir>/subscriber.password, created on first
+	// start.
+	SubscriberPassword string
 	// NATSConfig is the embedded server's configuration file; "" uses
 	// DefaultNATSConfig.
 	NATSConfig string
@@ -90,6 +103,21 @@ type Config struct {
 	// FailedTimeout is how long a task stays failed before it is marked as
 	// error. Defaults to 20h, as the seed; negative disables it.
 	FailedTimeout time.Duration
+	// WebhookSecret keys the signatures of webhook deliveries. Without it,
+	// tasks cannot give a callback_url and nothing is delivered.
+	WebhookSecret string
+	// WebhookMaxAttempts, WebhookBackoffMin, WebhookBackoffMax and
+	// WebhookTimeout tune the deliveries; zero means the webhook package's
+	// defaults (10 attempts, 1s doubling up to 5m, 10s per attempt).
+	WebhookMaxAttempts                   int
+	WebhookBackoffMin, WebhookBackoffMax time.Duration
+	WebhookTimeout                       time.Duration
+	// SnapshotEvery is how many events are folded between fold snapshots.
+	// Defaults to 100,000; negative disables snapshots (start-up then folds
+	// the whole log).
+	SnapshotEvery int
+	// SnapshotKeep is how many snapshots are kept. Defaults to 3.
+	SnapshotKeep int
 	// Instance names this process in the actor field of its events.
 	// Defaults to the host name and process id.
 	Instance string
@@ -117,6 +145,9 @@ func (c Config) withDefaults() Config {
 	if c.FailedTimeout == 0 {
 		c.FailedTimeout = 20 * time.Hour
 	}
+	if c.SnapshotEvery == 0 {
+		c.SnapshotEvery = 100_000
+	}
 	return c
 }
 
@@ -124,6 +155,9 @@ func (c Config) validate() error {
 	var errs []error
 	if c.DataDir == "" && c.NATSURL == "" {
 		errs = append(errs, errors.New("a data directory or a NATS URL is required"))
+	}
+	if c.NATSCreds != "" && (c.NATSUser != "" || c.NATSPassword != "") {
+		errs = append(errs, errors.New("give NATS credentials as a file or as user and password, not both"))
 	}
 	switch c.LocalNode {
 	case LocalNodeAuto, LocalNodeTrue, LocalNodeFalse:
@@ -134,6 +168,9 @@ func (c Config) validate() error {
 		if name == "" || !filepath.IsAbs(path) {
 			errs = append(errs, fmt.Errorf("storage mount %q=%q: want name=/absolute/host/path", name, path))
 		}
+	}
+	if c.WebhookMaxAttempts < 0 || c.WebhookBackoffMin < 0 || c.WebhookBackoffMax < 0 || c.WebhookTimeout < 0 {
+		errs = append(errs, errors.New("webhook attempts, backoff and timeout must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -152,8 +189,9 @@ type App struct {
 	// container the broker creates.
 	BrokerID string
 	// Replica is the process's fold.
-	Replica *projections.Replica
-	docker  *docker.Runtime
+	Replica   *projections.Replica
+	docker    *docker.Runtime
+	snapshots *projections.Snapshots
 }
 
 // New connects to NATS (starting the embedded server if needed), makes sure
@@ -176,12 +214,60 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	return a, nil
 }
 
+// OpenStore connects to the broker's event store as New does (starting the
+// embedded NATS server on cfg.DataDir unless cfg.NATSURL is set) without
+// starting any component: the CLI's commands on the log use it. Close
+// releases it.
+func OpenStore(ctx context.Context, cfg Config) (*App, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	a := &App{cfg: cfg, log: cfg.Logger}
+	if err := a.connect(ctx); err != nil {
+		a.Close()
+		return nil, err
+	}
+	var err error
+	if a.snapshots, err = projections.OpenSnapshots(ctx, a.js, a.log); err != nil {
+		a.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// Snapshots is the fold snapshot store.
+func (a *App) Snapshots() *projections.Snapshots { return a.snapshots }
+
 func (a *App) open(ctx context.Context) error {
+	if err := a.connect(ctx); err != nil {
+		return err
+	}
+	var err error
+	if a.BrokerID, err = brokerID(ctx, a.js); err != nil {
+		return err
+	}
+	if a.snapshots, err = projections.OpenSnapshots(ctx, a.js, a.log); err != nil {
+		return err
+	}
+	if a.Replica, err = projections.NewReplica(projections.ReplicaConfig{JetStream: a.js, Logger: a.log, Snapshots: a.snapshots}); err != nil {
+		return err
+	}
+	if a.ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", a.cfg.Listen); err != nil {
+		return fmt.Errorf("http api: %w", err)
+	}
+	return nil
+}
+
+// connect connects to NATS (an external server or a new embedded one) and
+// ensures the stream, buckets and object stores.
+func (a *App) connect(ctx context.Context) error {
 	var err error
 	if a.cfg.NATSURL != "" {
-		a.nc, err = nats.Connect(a.cfg.NATSURL, nats.Name("broker "+a.cfg.Instance), nats.MaxReconnects(-1))
+		opts := append([]nats.Option{nats.Name("broker " + a.cfg.Instance), nats.MaxReconnects(-1)}, a.cfg.externalLogin()...)
+		a.nc, err = nats.Connect(a.cfg.NATSURL, opts...)
 		if err != nil {
-			return fmt.Errorf("connecting to %s: %w", a.cfg.NATSURL, err)
+			return fmt.Errorf("connecting to %s: %w", redactURLs(a.cfg.NATSURL), err)
 		}
 	} else if err := a.startEmbedded(); err != nil {
 		return err
@@ -189,19 +275,7 @@ func (a *App) open(ctx context.Context) error {
 	if a.js, err = jetstream.New(a.nc); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	if err := ensure(ctx, a.js); err != nil {
-		return err
-	}
-	if a.BrokerID, err = brokerID(ctx, a.js); err != nil {
-		return err
-	}
-	if a.Replica, err = projections.NewReplica(projections.ReplicaConfig{JetStream: a.js, Logger: a.log}); err != nil {
-		return err
-	}
-	if a.ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", a.cfg.Listen); err != nil {
-		return fmt.Errorf("http api: %w", err)
-	}
-	return nil
+	return ensure(ctx, a.js)
 }
 
 // ensure creates the stream and buckets, retrying while JetStream is not
@@ -220,13 +294,17 @@ func ensure(ctx context.Context, js jetstream.JetStream) error {
 }
 
 func (a *App) startEmbedded() error {
+	vars, err := a.embeddedVars()
+	if err != nil {
+		return err
+	}
 	opts := &server.Options{}
-	if a.cfg.NATSConfig != "" {
-		if err := opts.ProcessConfigFile(a.cfg.NATSConfig); err != nil {
-			return fmt.Errorf("reading %s: %w", a.cfg.NATSConfig, err)
-		}
-	} else if err := opts.ProcessConfigString(DefaultNATSConfig); err != nil {
-		return fmt.Errorf("built-in nats.conf: %w", err)
+	if err := processNATSConfig(opts, a.cfg.NATSConfig, vars); err != nil {
+		return err
+	}
+	login, err := embeddedLogin(opts, vars)
+	if err != nil {
+		return err
 	}
 	opts.JetStream = true
 	opts.StoreDir = filepath.Join(a.cfg.DataDir, "nats")
@@ -255,12 +333,20 @@ func (a *App) startEmbedded() error {
 	if !srv.ReadyForConnections(30 * time.Second) {
 		return errors.New("embedded nats server did not start in 30s")
 	}
-	a.nc, err = nats.Connect("", nats.InProcessServer(srv), nats.Name("broker "+a.cfg.Instance))
+	connOpts := []nats.Option{nats.InProcessServer(srv), nats.Name("broker " + a.cfg.Instance)}
+	if login != nil {
+		connOpts = append(connOpts, login)
+	}
+	a.nc, err = nats.Connect("", connOpts...)
 	if err != nil {
 		return fmt.Errorf("connecting to the embedded nats server: %w", err)
 	}
 	a.log.Info("embedded nats server started", slog.String("store_dir", opts.StoreDir),
 		slog.String("client_url", clientURL(srv, opts)))
+	if hasUser(opts, SubscriberUser) && a.cfg.SubscriberPassword == "" {
+		a.log.Info("read-only nats user for event subscribers", slog.String("user", SubscriberUser),
+			slog.String("password_file", filepath.Join(a.cfg.DataDir, SubscriberPasswordFile)))
+	}
 	return nil
 }
 
@@ -365,14 +451,15 @@ func (a *App) components(ctx context.Context) (map[string]func(context.Context) 
 	gw, err := gateway.New(gateway.Config{
 		Replica: a.Replica, JetStream: a.js, Mounts: a.cfg.Mounts, Actor: a.cfg.Instance + "/gateway", Logger: a.log, Events: hub,
 		MaxRetries: a.cfg.MaxRetries, RetryBackoffMin: a.cfg.RetryBackoffMin, RetryBackoffMax: a.cfg.RetryBackoffMax,
-		MaxNodeLosses: a.cfg.MaxNodeLosses, TaskTimeout: a.cfg.TaskTimeout,
+		MaxNodeLosses: a.cfg.MaxNodeLosses, TaskTimeout: a.cfg.TaskTimeout, Webhooks: a.cfg.WebhookSecret != "",
 		Logs:          &runner.LogReader{Replica: a.Replica, JS: a.js, Runtimes: a.cfg.Runtimes},
 		CheckHostname: checkHostname,
+		Snapshots:     a.snapshots,
 	})
 	if err != nil {
 		return nil, err
 	}
-	return map[string]func(context.Context) error{
+	components := map[string]func(context.Context) error{
 		"replica":    a.Replica.Run,
 		"projector":  projector.Run,
 		"scheduler":  sched.Run,
@@ -381,7 +468,28 @@ func (a *App) components(ctx context.Context) (map[string]func(context.Context) 
 		"events":     hub.Run,
 		"gateway":    func(ctx context.Context) error { return gw.Serve(ctx, a.ln) },
 		"local-node": a.registerLocalNode,
-	}, nil
+	}
+	if a.cfg.SnapshotEvery > 0 {
+		snapshotter, err := projections.NewSnapshotter(projections.SnapshotterConfig{
+			JetStream: a.js, Snapshots: a.snapshots, Every: uint64(a.cfg.SnapshotEvery), Keep: a.cfg.SnapshotKeep, Logger: a.log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		components["snapshotter"] = snapshotter.Run
+	}
+	if a.cfg.WebhookSecret != "" {
+		hooks, err := webhook.New(webhook.Config{
+			Replica: a.Replica, Writer: a.writer("webhook"), JetStream: a.js, Secret: []byte(a.cfg.WebhookSecret),
+			MaxAttempts: a.cfg.WebhookMaxAttempts, BackoffMin: a.cfg.WebhookBackoffMin, BackoffMax: a.cfg.WebhookBackoffMax,
+			Timeout: a.cfg.WebhookTimeout, Logger: a.log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		components["webhook"] = hooks.Run
+	}
+	return components, nil
 }
 
 func mountNames(mounts map[string]string) map[string]bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -74,16 +75,20 @@ func TestExternalNATS(t *testing.T) {
 
 func TestEmbeddedServerFromAConfigFile(t *testing.T) {
 	t.Parallel()
+	dir := t.TempDir()
 	b := runApp(t, app.Config{
-		Listen: "127.0.0.1:0", DataDir: t.TempDir(), LocalNode: app.LocalNodeFalse,
+		Listen: "127.0.0.1:0", DataDir: dir, LocalNode: app.LocalNodeFalse,
 		NATSConfig: filepath.Join("..", "..", "..", "nats.conf"), NATSListen: "127.0.0.1:-1",
+		NATSPassword: "broker-secret", SubscriberPassword: "subscriber-secret",
 		Runtimes: runtime.Set{benchnoop.Runtime{}}, HealthInterval: 50 * time.Millisecond, Instance: "conf",
 	})
 	url := b.app.NATSURL()
 	require.NotEmpty(t, url, "the embedded server listens for NATS clients")
+	_, err := os.Stat(filepath.Join(dir, app.SubscriberPasswordFile))
+	require.ErrorIs(t, err, os.ErrNotExist, "a configured subscriber password is not written down")
 
 	// A NATS client of another program sees the outcome events.
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, nats.UserInfo(app.SubscriberUser, "subscriber-secret"))
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
@@ -113,6 +118,15 @@ func TestEmbeddedServerFromAConfigFile(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no completed event reached the subscriber")
 	}
+
+	// The broker user, with the configured password, has every right.
+	admin, err := nats.Connect(url, nats.UserInfo(app.BrokerUser, "broker-secret"))
+	require.NoError(t, err)
+	t.Cleanup(admin.Close)
+	ajs, err := jetstream.New(admin)
+	require.NoError(t, err)
+	_, err = ajs.CreateStream(t.Context(), jetstream.StreamConfig{Name: "OPS", Subjects: []string{"ops.>"}, Storage: jetstream.MemoryStorage})
+	require.NoError(t, err)
 }
 
 func TestIdempotencyKeySurvivesARestart(t *testing.T) {
