@@ -62,6 +62,12 @@ type Config struct {
 	BodyLimit string
 	// Snapshots, when set, shorten the replays of ?at= queries.
 	Snapshots *projections.Snapshots
+	// Events fans the event stream out to GET /events clients; without it
+	// GET /events answers 503. Its Run is the caller's to run.
+	Events *Hub
+	// EventsHeartbeat is how often a GET /events response gets a comment
+	// line, so that proxies keep it open. Defaults to 15s.
+	EventsHeartbeat time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Now defaults to time.Now.
@@ -75,6 +81,10 @@ type Gateway struct {
 	echo *echo.Echo
 	// past is held by the one historical fold (?at=) running at a time.
 	past sync.Mutex
+	// closing is closed when the server shuts down; it ends the responses
+	// that never end on their own (GET /events).
+	closing   chan struct{}
+	closeOnce sync.Once
 }
 
 // New returns a gateway with its routes.
@@ -103,7 +113,10 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Logger.With(slog.String("component", "gateway"))}
+	if cfg.EventsHeartbeat <= 0 {
+		cfg.EventsHeartbeat = 15 * time.Second
+	}
+	g := &Gateway{cfg: cfg, log: cfg.Logger.With(slog.String("component", "gateway")), closing: make(chan struct{})}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = g.handleError
@@ -144,6 +157,8 @@ func (g *Gateway) routes(e *echo.Echo) {
 	e.GET("/status/task_statuses", g.statusTaskStatuses)
 	e.POST("/status/retry_task/:uuid", g.retryTask)
 	e.GET("/healthcheck", g.healthcheck)
+
+	e.GET("/events", g.streamEvents)
 }
 
 // Handler returns the gateway as an http.Handler.
@@ -160,6 +175,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		return nil
 	}
 	srv := &http.Server{Handler: g.echo, ReadHeaderTimeout: 10 * time.Second}
+	srv.RegisterOnShutdown(func() { g.closeOnce.Do(func() { close(g.closing) }) })
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	g.log.InfoContext(ctx, "http api listening", slog.String("addr", ln.Addr().String()))

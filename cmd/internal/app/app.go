@@ -489,8 +489,13 @@ func (a *App) components(ctx context.Context) (map[string]func(context.Context) 
 	}
 	components := map[string]func(context.Context) error{"replica": a.Replica.Run}
 	if a.has(RoleGateway) {
+		hub, err := gateway.NewHub(gateway.HubConfig{JetStream: a.js, Replica: a.Replica, Logger: a.log})
+		if err != nil {
+			return nil, err
+		}
+		components["events"] = hub.Run
 		gw, err := gateway.New(gateway.Config{
-			Replica: a.Replica, JetStream: a.js, Mounts: a.cfg.Mounts, Actor: a.cfg.Instance + "/gateway", Logger: a.log,
+			Replica: a.Replica, JetStream: a.js, Mounts: a.cfg.Mounts, Actor: a.cfg.Instance + "/gateway", Logger: a.log, Events: hub,
 			MaxRetries: a.cfg.MaxRetries, RetryBackoffMin: a.cfg.RetryBackoffMin, RetryBackoffMax: a.cfg.RetryBackoffMax,
 			MaxNodeLosses: a.cfg.MaxNodeLosses, TaskTimeout: a.cfg.TaskTimeout, Webhooks: a.cfg.WebhookSecret != "",
 			Logs:          &runner.LogReader{Replica: a.Replica, JS: a.js, Runtimes: a.cfg.Runtimes},
