@@ -179,7 +179,7 @@ func hold(ctx context.Context, l *lease, run func(context.Context) error, log *s
 			return fmt.Errorf("%s: %w", l.key, err)
 		case <-ctx.Done():
 			cancel()
-			<-done
+			_ = <-done // stopping: its error is the cancellation
 			return nil
 		case <-tick.C:
 			err := l.renew(ctx)
@@ -189,7 +189,7 @@ func hold(ctx context.Context, l *lease, run func(context.Context) error, log *s
 			if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || !l.valid() {
 				log.WarnContext(ctx, "lease lost", slog.Any("error", err))
 				cancel()
-				<-done
+				_ = <-done
 				return nil
 			}
 			log.WarnContext(ctx, "renewing lease; retrying", slog.Any("error", err))
