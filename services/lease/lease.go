@@ -165,6 +165,12 @@ func hold(ctx context.Context, l *lease, run func(context.Context) error, log *s
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- run(rctx) }()
+	stop := func() {
+		cancel()
+		if err := <-done; err != nil {
+			log.DebugContext(ctx, "stopped", slog.Any("error", err))
+		}
+	}
 	tick := time.NewTicker(l.ttl / 4)
 	defer tick.Stop()
 	for {
@@ -178,8 +184,7 @@ func hold(ctx context.Context, l *lease, run func(context.Context) error, log *s
 			}
 			return fmt.Errorf("%s: %w", l.key, err)
 		case <-ctx.Done():
-			cancel()
-			_ = <-done // stopping: its error is the cancellation
+			stop()
 			return nil
 		case <-tick.C:
 			err := l.renew(ctx)
@@ -188,8 +193,7 @@ func hold(ctx context.Context, l *lease, run func(context.Context) error, log *s
 			}
 			if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || !l.valid() {
 				log.WarnContext(ctx, "lease lost", slog.Any("error", err))
-				cancel()
-				_ = <-done
+				stop()
 				return nil
 			}
 			log.WarnContext(ctx, "renewing lease; retrying", slog.Any("error", err))
