@@ -32,13 +32,19 @@ type Writer struct {
 	// RetryDelay is the pause between attempts of a failed append. Defaults
 	// to 500ms.
 	RetryDelay time.Duration
+	// KeyPrefix, when set, is put before every idempotency key. Two writers
+	// with different prefixes never deduplicate each other's proposals, so
+	// each reaches the fold: the split-brain test uses it to make a rogue
+	// scheduler's and runner's duplicates count, as they would once the
+	// duplicate window has passed.
+	KeyPrefix string
 }
 
 // Envelopes turns proposals into envelopes.
 func (w *Writer) Envelopes(ps []Proposal) ([]events.Envelope, error) {
 	envs := make([]events.Envelope, 0, len(ps))
 	for _, p := range ps {
-		env, err := events.New(p.Key, p.Payload, events.Meta{
+		env, err := events.New(w.KeyPrefix+p.Key, p.Payload, events.Meta{
 			CorrelationID: p.CorrelationID, CausationID: p.CausationID, Actor: w.Actor,
 		})
 		if err != nil {

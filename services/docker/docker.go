@@ -194,15 +194,29 @@ func (r *Runtime) Start(ctx context.Context, node runtime.Node, spec runtime.Spe
 	}
 	cctx, cancel := context.WithTimeout(ctx, r.cfg.StartTimeout)
 	defer cancel()
-	created, err := cli.ContainerCreate(cctx, cfg, &container.HostConfig{Binds: spec.Binds}, nil, nil, spec.Name)
-	if cerrdefs.IsConflict(err) {
-		// The attempt was created before (a restart): adopt that container.
-		return r.attach(ctx, cli, spec, true)
+	for {
+		created, err := cli.ContainerCreate(cctx, cfg, &container.HostConfig{Binds: spec.Binds}, nil, nil, spec.Name)
+		if cerrdefs.IsConflict(err) {
+			// The attempt was created before (a restart, or another runner
+			// in a split brain): adopt that container.
+			c, err := r.attach(cctx, cli, spec, true)
+			if !errors.Is(err, runtime.ErrNotFound) {
+				return c, err
+			}
+			// The name is taken by a create still under way (or one that
+			// failed and freed it): look again shortly.
+			select {
+			case <-time.After(50 * time.Millisecond):
+				continue
+			case <-cctx.Done():
+				return nil, startError("creating container "+spec.Name, cctx.Err())
+			}
+		}
+		if err != nil {
+			return nil, startError(fmt.Sprintf("creating container %s from image %s", spec.Name, spec.Image), err)
+		}
+		return r.start(ctx, cli, created.ID, spec.Name)
 	}
-	if err != nil {
-		return nil, startError(fmt.Sprintf("creating container %s from image %s", spec.Name, spec.Image), err)
-	}
-	return r.start(ctx, cli, created.ID, spec.Name)
 }
 
 // start registers the wait for the container's exit, then starts it, so that
