@@ -1,0 +1,223 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cbroker/broker/events"
+	"github.com/cbroker/broker/internal/dockertest"
+	"github.com/cbroker/broker/internal/natstest"
+	"github.com/cbroker/broker/projections"
+)
+
+// cluster is a few broker processes sharing one NATS JetStream.
+type cluster struct {
+	t       *testing.T
+	js      jetstream.JetStream
+	url     string
+	brokers []*process
+}
+
+func (c *cluster) start() *process {
+	p := serve(c.t, []string{"BROKER_DATA_DIR=" + c.t.TempDir(), "BROKER_LOCAL_NODE=false"},
+		"--nats-url", c.url, "--health-interval", "500ms", "--snapshot-every", "0")
+	c.brokers = append(c.brokers, p)
+	return p
+}
+
+// holder returns the broker process holding a lease, waiting for one.
+func (c *cluster) holder(key string) *process {
+	c.t.Helper()
+	kv, err := c.js.KeyValue(c.t.Context(), events.BucketLeases)
+	require.NoError(c.t, err)
+	var found *process
+	require.EventuallyWithT(c.t, func(ct *assert.CollectT) {
+		e, err := kv.Get(c.t.Context(), key)
+		require.NoError(ct, err)
+		found = nil
+		for _, p := range c.brokers {
+			if p.cmd.ProcessState == nil && strings.HasSuffix(string(e.Value()), "-"+strconv.Itoa(p.cmd.Process.Pid)) {
+				found = p
+			}
+		}
+		require.NotNil(ct, found, "lease %s held by %s", key, e.Value())
+	}, 30*time.Second, 20*time.Millisecond)
+	return found
+}
+
+// kill SIGKILLs a broker: it releases nothing.
+func (c *cluster) kill(p *process) time.Time {
+	c.t.Helper()
+	require.NoError(c.t, p.cmd.Process.Signal(syscall.SIGKILL))
+	at := time.Now()
+	_ = p.cmd.Wait()
+	return at
+}
+
+// alive returns a running broker other than not.
+func (c *cluster) alive(not *process) *process {
+	for _, p := range c.brokers {
+		if p != not && p.cmd.ProcessState == nil {
+			return p
+		}
+	}
+	c.t.Fatal("no broker alive")
+	return nil
+}
+
+func (c *cluster) submit(p *process, name, cmd string) string {
+	c.t.Helper()
+	var tk map[string]any
+	require.Equal(c.t, http.StatusOK, p.call(c.t, http.MethodPost, "/tasks",
+		fmt.Sprintf(`{"name":%q,"image":%q,"cmd":%q,"execution_type":"cpu"}`, name, dockertest.Image, cmd), &tk))
+	return tk["uuid"].(string)
+}
+
+func (c *cluster) wait(p *process, id string, statuses ...string) map[string]any {
+	c.t.Helper()
+	var tk map[string]any
+	require.EventuallyWithT(c.t, func(ct *assert.CollectT) {
+		require.Equal(ct, http.StatusOK, p.call(ct, http.MethodGet, "/tasks/"+id, "", &tk))
+		require.Contains(ct, statuses, tk["status"])
+	}, 90*time.Second, 50*time.Millisecond)
+	return tk
+}
+
+// exactlyOnce folds the whole log and checks that every task ended once,
+// with one reservation, one start and one exit per attempt.
+func (c *cluster) exactlyOnce(ids []string) {
+	c.t.Helper()
+	st := projections.NewState()
+	count := map[string]int{}
+	for i, env := range natstest.Events(c.t, c.js) {
+		env.Seq = uint64(i + 1)
+		if out := st.Apply(env); out.Accepted {
+			count[env.AggregateID+"/"+env.Type.Name()]++
+		}
+	}
+	for _, id := range ids {
+		tk := st.Tasks[id]
+		require.NotNil(c.t, tk)
+		require.Equal(c.t, projections.TaskCompleted, tk.Status, "task %s", id)
+		require.Equal(c.t, 1, tk.Attempt, "task %s ran one attempt", id)
+		for _, name := range []string{"slot_reserved", "container_started", "container_exited", "completed"} {
+			require.Equal(c.t, 1, count[id+"/"+name], "task %s: %s accepted once", id, name)
+		}
+	}
+}
+
+// TestBrokersSurviveTheLossOfOne runs two broker processes on one JetStream
+// and two Docker engines. It kills (SIGKILL) the one running the scheduler:
+// the other takes the lease over and runs the tasks. Then, with both running
+// again and a node each, it kills the one owning a node while containers run
+// there: the other takes the node over and adopts the running containers
+// (they are not started again). Every task ends exactly once.
+func TestBrokersSurviveTheLossOfOne(t *testing.T) {
+	t.Parallel()
+	es := dockertest.Engines(t, 2)
+	srv := natstest.Run(t, "")
+	c := &cluster{t: t, js: srv.JS, url: srv.Server.ClientURL()}
+	c.start()
+	c.start()
+	meta, err := srv.JS.KeyValue(t.Context(), events.BucketMeta)
+	require.NoError(t, err)
+	e, err := meta.Get(t.Context(), events.KeyBrokerID)
+	require.NoError(t, err)
+	dockertest.CleanupBroker(t, es, string(e.Value()))
+	nodes := map[string]dockertest.Engine{}
+	for _, eng := range es {
+		var n map[string]any
+		require.Equal(t, http.StatusCreated, c.brokers[0].call(t, http.MethodPost, "/nodes",
+			fmt.Sprintf(`{"hostname":%q,"slots_execution_types":{"cpu":2}}`, eng.Hostname), &n))
+		nodes[n["uuid"].(string)] = eng
+	}
+
+	// The scheduling broker dies.
+	victim := c.holder("scheduler")
+	killed := c.kill(victim)
+	survivor := c.alive(victim)
+	require.Same(t, survivor, c.holder("scheduler"))
+	t.Logf("scheduler lease taken over %v after the kill", time.Since(killed).Round(time.Millisecond))
+	var ids []string
+	for i := range 4 {
+		ids = append(ids, c.submit(survivor, fmt.Sprintf("after-kill-%d", i), "echo ok"))
+	}
+	for _, id := range ids {
+		c.wait(survivor, id, "completed")
+	}
+
+	// Both again, a node each; the owner of a busy node dies.
+	c.start()
+	var owners map[string]*process
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
+		owners = map[string]*process{}
+		for id := range nodes {
+			owners[id] = c.holder("node." + id)
+		}
+		require.NotSame(ct, owners[keys(nodes)[0]], owners[keys(nodes)[1]], "each broker owns a node")
+	}, 30*time.Second, 100*time.Millisecond)
+	start := time.Now()
+	var long []string
+	for i := range 4 {
+		long = append(long, c.submit(survivor, fmt.Sprintf("long-%d", i), "sleep 8; echo done"))
+	}
+	for _, id := range long {
+		c.wait(survivor, id, "started")
+	}
+	var busy string
+	for id, p := range owners {
+		if p != survivor {
+			busy = id
+		}
+	}
+	require.NotEmpty(t, busy)
+	killed = c.kill(owners[busy])
+	require.Same(t, survivor, c.holder("node."+busy))
+	t.Logf("node taken over %v after its owner was killed", time.Since(killed).Round(time.Millisecond))
+	for _, id := range long {
+		tk := c.wait(survivor, id, "completed", "failed")
+		require.Equal(t, "completed", tk["status"], "task %s", id)
+		require.Zero(t, tk["try_count"])
+		var logs map[string]string
+		require.Equal(t, http.StatusOK, survivor.call(t, http.MethodGet, "/tasks/"+id+"/logs", "", &logs))
+		require.Equal(t, "done\n", logs["logs"])
+	}
+	c.exactlyOnce(append(ids, long...))
+	// Docker started each container once: adopted, not restarted.
+	started := map[string]int{}
+	for _, eng := range es {
+		out, err := exec.CommandContext(t.Context(), "docker", "-H", eng.Hostname, "events",
+			"--since", start.Format(time.RFC3339Nano), "--until", time.Now().Format(time.RFC3339Nano),
+			"--filter", "event=start", "--filter", "label=io.cbroker.broker="+string(e.Value()),
+			"--format", "{{.Actor.Attributes.name}}").Output()
+		require.NoError(t, err)
+		for name := range strings.FieldsSeq(string(out)) {
+			started[name]++
+		}
+	}
+	require.Len(t, started, 4)
+	for name, n := range started {
+		require.Equal(t, 1, n, "container %s started %d times", name, n)
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	if len(out) > 1 && out[0] > out[1] {
+		out[0], out[1] = out[1], out[0]
+	}
+	return out
+}
