@@ -37,6 +37,9 @@ type Projector struct {
 	cfg                ProjectorConfig
 	log                *slog.Logger
 	tasks, nodes, meta jetstream.KeyValue
+	// revs holds the revision of every key this projector wrote last, so
+	// that its next write of the key is a compare-and-set without a read.
+	revs map[string]uint64
 }
 
 // NewProjector opens the buckets and returns a projector.
@@ -53,7 +56,7 @@ func NewProjector(ctx context.Context, cfg ProjectorConfig) (*Projector, error) 
 	if cfg.RetryDelay <= 0 {
 		cfg.RetryDelay = time.Second
 	}
-	p := &Projector{cfg: cfg, log: cfg.Logger.With(slog.String("component", "projector"))}
+	p := &Projector{cfg: cfg, log: cfg.Logger.With(slog.String("component", "projector")), revs: map[string]uint64{}}
 	for name, kv := range map[string]*jetstream.KeyValue{events.BucketTasks: &p.tasks, events.BucketNodes: &p.nodes, events.BucketMeta: &p.meta} {
 		b, err := cfg.JetStream.KeyValue(ctx, name)
 		if err != nil {
@@ -100,19 +103,129 @@ func (p *Projector) Run(ctx context.Context) error {
 }
 
 func (p *Projector) checkpoint(ctx context.Context) (uint64, error) {
+	seq, _, err := p.readCheckpoint(ctx)
+	return seq, err
+}
+
+// readCheckpoint returns the checkpoint and its revision (0: none).
+func (p *Projector) readCheckpoint(ctx context.Context) (seq, rev uint64, err error) {
 	e, err := p.meta.Get(ctx, events.KeyProjectorSeq)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return 0, nil
+		return 0, 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("reading projector checkpoint: %w", err)
+		return 0, 0, fmt.Errorf("reading projector checkpoint: %w", err)
 	}
-	seq, err := strconv.ParseUint(string(e.Value()), 10, 64)
+	seq, err = strconv.ParseUint(string(e.Value()), 10, 64)
 	if err != nil {
 		p.log.WarnContext(ctx, "ignoring malformed projector checkpoint", slog.String("value", string(e.Value())))
-		return 0, nil //nolint:nilerr // a bad checkpoint means: rewrite every view
+		return 0, e.Revision(), nil //nolint:nilerr // a bad checkpoint means: rewrite every view
 	}
-	return seq, nil
+	return seq, e.Revision(), nil
+}
+
+// advanceCheckpoint moves the checkpoint forward to seq, never back: a
+// projector behind another leaves it where the other put it.
+func (p *Projector) advanceCheckpoint(ctx context.Context, seq uint64) error {
+	value := []byte(strconv.FormatUint(seq, 10))
+	for range maxConflicts {
+		cur, rev, err := p.readCheckpoint(ctx)
+		if err != nil {
+			return err
+		}
+		if cur >= seq && rev != 0 {
+			return nil
+		}
+		if rev == 0 {
+			_, err = p.meta.Create(ctx, events.KeyProjectorSeq, value)
+		} else {
+			_, err = p.meta.Update(ctx, events.KeyProjectorSeq, value, rev)
+		}
+		if err == nil || !conflict(err) {
+			return err
+		}
+	}
+	return errors.New("writing projector checkpoint: too many concurrent writers")
+}
+
+// maxConflicts bounds the compare-and-set retries of one write.
+const maxConflicts = 16
+
+// conflict reports whether a compare-and-set write lost to another writer.
+func conflict(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) ||
+		(errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant))
+}
+
+// viewSeq reads the sequence a stored view was rendered at (0 if unknown).
+func viewSeq(body []byte) uint64 {
+	var v struct {
+		Seq uint64 `json:"view_seq"`
+	}
+	if json.Unmarshal(body, &v) != nil {
+		return 0
+	}
+	return v.Seq
+}
+
+// write stores (or deletes, for a nil body) one view rendered at sequence
+// seq, unless the stored one was rendered at seq or later: with several
+// projectors (a standby that took over while the old one still had writes
+// in flight), a view never goes back in time. Every write is a
+// compare-and-set on the revision last read or written.
+func (p *Projector) write(ctx context.Context, v view, seq uint64) error {
+	id := v.kv.Bucket() + "/" + v.key
+	if rev, ok := p.revs[id]; ok {
+		err := p.set(ctx, v, id, rev)
+		if err == nil || !conflict(err) {
+			return err
+		}
+		delete(p.revs, id)
+	}
+	for range maxConflicts {
+		e, err := v.kv.Get(ctx, v.key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			if v.body == nil {
+				return nil
+			}
+			rev, err := v.kv.Create(ctx, v.key, v.body)
+			if conflict(err) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			p.revs[id] = rev
+			return nil
+		case err != nil:
+			return err
+		}
+		if viewSeq(e.Value()) >= seq {
+			p.revs[id] = e.Revision()
+			return nil // another projector wrote a newer view
+		}
+		err = p.set(ctx, v, id, e.Revision())
+		if !conflict(err) {
+			return err
+		}
+	}
+	return fmt.Errorf("writing view %s: too many concurrent writers", v.key)
+}
+
+// set writes a view if the key is still at revision rev.
+func (p *Projector) set(ctx context.Context, v view, id string, rev uint64) error {
+	if v.body == nil {
+		delete(p.revs, id)
+		return v.kv.Delete(ctx, v.key, jetstream.LastRevision(rev))
+	}
+	next, err := v.kv.Update(ctx, v.key, v.body, rev)
+	if err == nil {
+		p.revs[id] = next
+	}
+	return err
 }
 
 // view is one KV write; a nil body deletes the key (a deleted task, a
@@ -156,6 +269,13 @@ func (p *Projector) project(ctx context.Context, last uint64) (uint64, error) {
 	if err != nil || head == last {
 		return last, err
 	}
+	// Another projector ahead of this one wrote newer views already: wait
+	// for this fold to catch up instead of writing older ones.
+	if ahead, _, err := p.readCheckpoint(ctx); err != nil {
+		return last, err
+	} else if ahead > head {
+		return last, nil
+	}
 	if rewrite {
 		// Views of tasks and nodes that are gone since are stale.
 		for _, b := range []struct {
@@ -172,17 +292,11 @@ func (p *Projector) project(ctx context.Context, last uint64) (uint64, error) {
 		}
 	}
 	for _, v := range views {
-		var err error
-		if v.body == nil {
-			err = v.kv.Delete(ctx, v.key)
-		} else {
-			_, err = v.kv.Put(ctx, v.key, v.body)
-		}
-		if err != nil {
+		if err := p.write(ctx, v, head); err != nil {
 			return last, fmt.Errorf("writing view %s: %w", v.key, err)
 		}
 	}
-	if _, err := p.meta.Put(ctx, events.KeyProjectorSeq, []byte(strconv.FormatUint(head, 10))); err != nil {
+	if err := p.advanceCheckpoint(ctx, head); err != nil {
 		return last, fmt.Errorf("writing projector checkpoint: %w", err)
 	}
 	return head, nil
@@ -219,7 +333,10 @@ func (p *Projector) render(s *State, now time.Time, tasks, nodes map[string]bool
 			views = append(views, view{kv: p.tasks, key: id})
 			continue
 		}
-		b, err := json.Marshal(s.NewTaskView(t, now))
+		b, err := json.Marshal(struct {
+			TaskView
+			ViewSeq uint64 `json:"view_seq"`
+		}{s.NewTaskView(t, now), s.Seq})
 		if err != nil {
 			return nil, err
 		}
@@ -231,7 +348,10 @@ func (p *Projector) render(s *State, now time.Time, tasks, nodes map[string]bool
 			views = append(views, view{kv: p.nodes, key: id})
 			continue
 		}
-		b, err := json.Marshal(s.NewNodeView(n))
+		b, err := json.Marshal(struct {
+			NodeView
+			ViewSeq uint64 `json:"view_seq"`
+		}{s.NewNodeView(n), s.Seq})
 		if err != nil {
 			return nil, err
 		}
