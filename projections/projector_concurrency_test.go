@@ -1,7 +1,6 @@
 package projections
 
 import (
-	"encoding/json"
 	"testing"
 	"time"
 
@@ -54,10 +53,8 @@ func TestProjectorsNeverWriteOlderViews(t *testing.T) {
 	}
 	require.Equal(t, before, bucketContents(t, srv.JS))
 
-	// And a newer projector does overwrite what an older one wrote.
-	var view map[string]any
-	require.NoError(t, json.Unmarshal([]byte(before["cb_tasks/t1"]), &view))
-	require.Equal(t, float64(head.Seq), view["view_seq"])
+	// The views are the newer projector's.
+	require.Equal(t, head.Seq, viewSeq([]byte(before["cb_tasks/t1"])))
 }
 
 // bucketContents returns every view and the checkpoint.
