@@ -199,7 +199,7 @@ func (r *Runtime) Start(ctx context.Context, node runtime.Node, spec runtime.Spe
 		if cerrdefs.IsConflict(err) {
 			// The attempt was created before (a restart, or another runner
 			// in a split brain): adopt that container.
-			c, err := r.attach(cctx, cli, spec, true)
+			c, err := r.attach(ctx, cli, spec, true)
 			if !errors.Is(err, runtime.ErrNotFound) {
 				return c, err
 			}
