@@ -54,8 +54,9 @@ type Servers struct {
 // in-process connection cannot fail over to another server.
 func Cluster(t testing.TB, n int) *Servers {
 	t.Helper()
-	if n < 1 {
-		t.Fatalf("natstest.Cluster: want at least one server, not %d", n)
+	if n < 2 {
+		// A clustered server alone waits for peers for ever; Run starts one.
+		t.Fatalf("natstest.Cluster: want at least two servers, not %d", n)
 	}
 	base := t.TempDir() // removed after the servers are down: cleanups run last-in first-out
 	c := &Servers{t: t, srv: make([]*server.Server, n)}
