@@ -40,6 +40,12 @@ type ReplicaConfig struct {
 	// Snapshots, when set, gives the fold its starting point: the newest
 	// snapshot that matches the log, instead of the first event.
 	Snapshots *Snapshots
+	// Heartbeat is the idle heartbeat of the stream consumer. Defaults to
+	// 1s. The consumer lives on the stream's leader; when that server dies,
+	// the consumer is recreated elsewhere after two missed heartbeats (the
+	// client's default of 5s would stall the fold, and every write waiting
+	// for it, for 10s).
+	Heartbeat time.Duration
 }
 
 // Replica keeps one State up to date from the event stream and shares it
@@ -49,6 +55,7 @@ type Replica struct {
 	js        jetstream.JetStream
 	log       *slog.Logger
 	snapshots *Snapshots
+	heartbeat time.Duration
 
 	mu    sync.RWMutex
 	state *State
@@ -75,9 +82,13 @@ func NewReplica(cfg ReplicaConfig) (*Replica, error) {
 	if cfg.Remember <= 0 {
 		cfg.Remember = 1 << 16
 	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = time.Second
+	}
 	return &Replica{
 		js:        cfg.JetStream,
 		snapshots: cfg.Snapshots,
+		heartbeat: cfg.Heartbeat,
 		log:       cfg.Logger.With(slog.String("component", "replica")),
 		state:     NewState(),
 		ring:      make([]Applied, cfg.Remember),
@@ -132,6 +143,7 @@ func (r *Replica) run(ctx context.Context) error {
 		return fmt.Errorf("consuming stream %s: %w", events.StreamName, err)
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) { r.handle(m, target) },
+		jetstream.PullHeartbeat(r.heartbeat), jetstream.PullExpiry(max(5*r.heartbeat, 5*time.Second)),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			r.log.WarnContext(ctx, "event stream consumer", slog.Any("error", err))
 		}))
