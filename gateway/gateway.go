@@ -79,6 +79,9 @@ type Gateway struct {
 	echo *echo.Echo
 	// past is held by the one historical fold (?at=) running at a time.
 	past sync.Mutex
+	// idem is the idempotency bucket, looked up once (see idempotencyBucket).
+	idemMu sync.Mutex
+	idem   jetstream.KeyValue
 }
 
 // New returns a gateway with its routes.
@@ -262,7 +265,7 @@ func readBody(c echo.Context) ([]byte, error) {
 
 // appendAttempt bounds one attempt of an append: an append the dead leader
 // of a stream had taken is never answered.
-const appendAttempt = 3 * time.Second
+const appendAttempt = time.Second
 
 // append stores events, retrying transient failures with the same
 // envelopes (their keys make that safe) for up to AppendTimeout. It answers

@@ -72,7 +72,7 @@ func (g *Gateway) idempotency(next echo.HandlerFunc) echo.HandlerFunc {
 		sum := sha256.Sum256([]byte(raw))
 		key := hex.EncodeToString(sum[:])
 		ctx := c.Request().Context()
-		kv, err := g.cfg.JetStream.KeyValue(ctx, events.BucketIdempotency)
+		kv, err := g.idempotencyBucket(ctx)
 		if err != nil {
 			return errorf(http.StatusServiceUnavailable, "idempotency store: %v", err)
 		}
@@ -113,6 +113,22 @@ func (g *Gateway) idempotency(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		return nil
 	}
+}
+
+// idempotencyBucket returns the idempotency bucket. The handle is looked up
+// once: the lookup asks the bucket's stream leader for its configuration,
+// which a request would otherwise wait for whenever that leader changes.
+func (g *Gateway) idempotencyBucket(ctx context.Context) (jetstream.KeyValue, error) {
+	g.idemMu.Lock()
+	defer g.idemMu.Unlock()
+	if g.idem == nil {
+		kv, err := g.cfg.JetStream.KeyValue(ctx, events.BucketIdempotency)
+		if err != nil {
+			return nil, err
+		}
+		g.idem = kv
+	}
+	return g.idem, nil
 }
 
 // retryKV runs a KV write until it succeeds or ctx is done, each attempt
