@@ -52,7 +52,12 @@ type Servers struct {
 //
 // Clients must connect with the TCP URL list (URLs), not in-process: an
 // in-process connection cannot fail over to another server.
-func Cluster(t testing.TB, n int) *Servers {
+//
+// Each configure function gets server i's options (name, ports, store,
+// cluster and routes set) and returns the options to start it with, for a
+// test that runs the servers from a configuration file, say; the returned
+// options must keep the client port, the cluster port and the routes.
+func Cluster(t testing.TB, n int, configure ...func(i int, o *server.Options) (*server.Options, error)) *Servers {
 	t.Helper()
 	if n < 2 {
 		// A clustered server alone waits for peers for ever; Run starts one.
@@ -62,7 +67,7 @@ func Cluster(t testing.TB, n int) *Servers {
 	c := &Servers{t: t, srv: make([]*server.Server, n)}
 	t.Cleanup(c.shutdown)
 	for attempt := 1; ; attempt++ {
-		err := c.startAll(base, n)
+		err := c.startAll(base, n, configure)
 		if err == nil {
 			break
 		}
@@ -76,7 +81,7 @@ func Cluster(t testing.TB, n int) *Servers {
 }
 
 // startAll starts n servers on newly picked ports.
-func (c *Servers) startAll(base string, n int) error {
+func (c *Servers) startAll(base string, n int, configure []func(int, *server.Options) (*server.Options, error)) error {
 	ports, err := freePorts(2 * n)
 	if err != nil {
 		return err
@@ -100,6 +105,11 @@ func (c *Servers) startAll(base string, n int) error {
 			NoSigs:     true,
 			Cluster:    server.ClusterOpts{Name: name, Host: "127.0.0.1", Port: ports[n+i]},
 			Routes:     routes,
+		}
+		for _, f := range configure {
+			if c.opts[i], err = f(i, c.opts[i]); err != nil {
+				return fmt.Errorf("configuring server %d: %w", i, err)
+			}
 		}
 		if c.srv[i], err = start(c.opts[i], 5*time.Second); err != nil {
 			return err
