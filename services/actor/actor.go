@@ -32,7 +32,7 @@ type Writer struct {
 	// RetryDelay is the pause between attempts of a failed append. Defaults
 	// to 500ms.
 	RetryDelay time.Duration
-	// AttemptTimeout bounds one attempt. Defaults to 5s: the appends a
+	// AttemptTimeout bounds one attempt. Defaults to 2s: the appends a
 	// stream's leader had taken when it died are never answered, and the
 	// retry goes to the new leader.
 	AttemptTimeout time.Duration
@@ -66,7 +66,7 @@ func (w *Writer) Propose(ctx context.Context, ps ...Proposal) ([]events.Ack, err
 	}
 	timeout := w.AttemptTimeout
 	if timeout <= 0 {
-		timeout = 5 * time.Second
+		timeout = 2 * time.Second
 	}
 	for {
 		var acks []events.Ack
