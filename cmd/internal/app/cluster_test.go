@@ -83,6 +83,29 @@ func TestClusterReplication(t *testing.T) {
 		runNoopTask(t, b)
 	})
 
+	t.Run("BrokersStartTogether", func(t *testing.T) {
+		t.Parallel()
+		c := natstest.Cluster(t, 3)
+		var wg sync.WaitGroup
+		apps := make([]*app.App, 3)
+		errs := make([]error, 3)
+		for i := range apps {
+			wg.Go(func() {
+				apps[i], errs[i] = app.New(t.Context(), app.Config{
+					Listen: "127.0.0.1:0", NATSURL: c.URLs(), LocalNode: app.LocalNodeFalse,
+					Runtimes: runtime.Set{benchnoop.Runtime{}}, Instance: fmt.Sprintf("together-%d", i),
+				})
+			})
+		}
+		wg.Wait()
+		for i, a := range apps {
+			require.NoError(t, errs[i])
+			a.Close()
+		}
+		_, js := c.Connect()
+		requireReplicas(t, js, 3)
+	})
+
 	t.Run("TwoServersGetOne", func(t *testing.T) {
 		t.Parallel()
 		c := natstest.Cluster(t, 2)
