@@ -105,10 +105,12 @@ func AppendAll(ctx context.Context, js jetstream.JetStream, envs []Envelope) ([]
 // the same envelopes, as happens while the stream elects a new leader or the
 // connection moves to another server: no responders, a timeout (the append
 // may or may not be stored; its key makes the retry safe), a lost or stalled
-// connection, or JetStream answering 503 (10008: "JetStream system
-// temporarily unavailable"). Other errors, such as a refused message or a
-// cancelled ctx, are permanent. A joined error is transient when each of
-// its errors is.
+// connection, JetStream answering 503 (10008: "JetStream system
+// temporarily unavailable"), or a replicated stream still storing an earlier
+// append with the same key (10158: "duplicate message id is in process"; the
+// retry gets the duplicate's acknowledgement). Other errors, such as a
+// refused message or a cancelled ctx, are permanent. A joined error is
+// transient when each of its errors is.
 func Transient(err error) bool {
 	if err == nil {
 		return false
@@ -123,7 +125,7 @@ func Transient(err error) bool {
 	}
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
-		return apiErr.Code == http.StatusServiceUnavailable
+		return apiErr.Code == http.StatusServiceUnavailable || apiErr.ErrorCode == errCodeDuplicateInProcess
 	}
 	for _, t := range transientErrors {
 		if errors.Is(err, t) {
@@ -132,6 +134,9 @@ func Transient(err error) bool {
 	}
 	return false
 }
+
+// errCodeDuplicateInProcess is JetStream's 10158, which nats.go does not name.
+const errCodeDuplicateInProcess jetstream.ErrorCode = 10158
 
 var transientErrors = []error{
 	jetstream.ErrNoStreamResponse, nats.ErrNoResponders, context.DeadlineExceeded, nats.ErrTimeout,

@@ -25,6 +25,7 @@ func TestTransient(t *testing.T) {
 		{nats.ErrDisconnected, true},
 		{fmt.Errorf("appending: %w", unavailable), true},
 		{fmt.Errorf("appending: %w", refused), false},
+		{&jetstream.APIError{Code: 409, ErrorCode: 10158, Description: "duplicate message id is in process"}, true},
 		{context.Canceled, false},
 		{errors.New("encoding"), false},
 		{errors.Join(jetstream.ErrAsyncPublishTimeout, fmt.Errorf("x: %w", unavailable)), true},
