@@ -37,18 +37,21 @@ const readyTimeout = 30 * time.Second
 // Servers is an in-process JetStream cluster started by Cluster. Its
 // methods call t.Fatal, so call them from the test's goroutine.
 type Servers struct {
-	t    testing.TB
-	mu   sync.Mutex
-	opts []*server.Options
-	srv  []*server.Server // nil while killed
+	t     testing.TB
+	mu    sync.Mutex
+	opts  []*server.Options
+	srv   []*server.Server // nil while killed
+	links []*link
 }
 
 // Cluster starts an n-server JetStream cluster in the test process: unique
 // server names, one cluster name, explicit client and route ports picked
 // free from a range outside the ephemeral one (retried with other ports if
 // one is taken meanwhile), a store directory of its own for each server.
+// The routes between the servers run through TCP forwarders in the test
+// process, so that Kill can make a server vanish as a crashed process does.
 // It returns once JetStream has a meta leader and every server is current
-// (that takes a few seconds). Everything is shut down when the test ends.
+// (about a second). Everything is shut down when the test ends.
 //
 // Clients must connect with the TCP URL list (URLs), not in-process: an
 // in-process connection cannot fail over to another server.
@@ -56,7 +59,8 @@ type Servers struct {
 // Each configure function gets server i's options (name, ports, store,
 // cluster and routes set) and returns the options to start it with, for a
 // test that runs the servers from a configuration file, say; the returned
-// options must keep the client port, the cluster port and the routes.
+// options must keep the client port, the cluster port and the routes
+// (Cluster sets Cluster.Advertise after them).
 func Cluster(t testing.TB, n int, configure ...func(i int, o *server.Options) (*server.Options, error)) *Servers {
 	t.Helper()
 	if n < 2 {
@@ -80,37 +84,65 @@ func Cluster(t testing.TB, n int, configure ...func(i int, o *server.Options) (*
 	return c
 }
 
-// startAll starts n servers on newly picked ports.
+// startAll starts n servers on newly picked ports: for each a client port,
+// a route port, a link from each other server (its routes) and a link
+// anyone may use (its advertised route address, for routes learnt by
+// gossip).
 func (c *Servers) startAll(base string, n int, configure []func(int, *server.Options) (*server.Options, error)) error {
-	ports, err := freePorts(2 * n)
+	ports, err := freePorts(n * (n + 2))
 	if err != nil {
 		return err
 	}
 	name := "natstest-" + strconv.Itoa(ports[0])
-	routes := make([]*url.URL, n)
-	for i := range n {
-		routes[i] = &url.URL{Scheme: "nats", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[n+i]))}
+	hostPort := func(p int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)) }
+	clientPort, routePort := ports[:n], ports[n:2*n]
+	next := 2 * n
+	newLink := func(from, to int) *link {
+		l := &link{addr: hostPort(ports[next]), target: hostPort(routePort[to]), ends: [2]int{from, to}}
+		next++
+		return l
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.opts = make([]*server.Options, n)
+	c.links = nil
+	routes := make([][]*url.URL, n)
+	advertise := make([]string, n)
+	for i := range n {
+		for j := range n {
+			if j != i {
+				l := newLink(i, j)
+				c.links = append(c.links, l)
+				routes[i] = append(routes[i], &url.URL{Scheme: "nats", Host: l.addr})
+			}
+		}
+		l := newLink(i, i)
+		c.links = append(c.links, l)
+		advertise[i] = l.addr
+	}
+	for _, l := range c.links {
+		if err := l.open(); err != nil {
+			return err
+		}
+	}
 	for i := range n {
 		c.opts[i] = &server.Options{
 			ServerName: fmt.Sprintf("n%d", i+1),
 			Host:       "127.0.0.1",
-			Port:       ports[i],
+			Port:       clientPort[i],
 			JetStream:  true,
 			StoreDir:   filepath.Join(base, fmt.Sprintf("n%d", i+1)),
 			NoLog:      true,
 			NoSigs:     true,
-			Cluster:    server.ClusterOpts{Name: name, Host: "127.0.0.1", Port: ports[n+i]},
-			Routes:     routes,
+			Cluster:    server.ClusterOpts{Name: name, Host: "127.0.0.1", Port: routePort[i]},
+			Routes:     routes[i],
 		}
 		for _, f := range configure {
 			if c.opts[i], err = f(i, c.opts[i]); err != nil {
 				return fmt.Errorf("configuring server %d: %w", i, err)
 			}
 		}
+		c.opts[i].Cluster.Advertise = advertise[i]
 		if c.srv[i], err = start(c.opts[i], 5*time.Second); err != nil {
 			return err
 		}
@@ -199,17 +231,28 @@ func (c *Servers) running() map[int]*server.Server {
 	return out
 }
 
-// Kill stops server i at once, as a crash would look to its peers: its
-// connections close without lame-duck mode, its RAFT leaderships are not
-// handed over. Its store stays for Restart.
+// Kill stops server i as a crash would: its routes are cut first, so its
+// peers hear nothing more from it (no shutdown notice, no leadership handed
+// over) and elect new leaders only when their RAFT timeouts expire; then it
+// shuts down, closing its clients' connections. Its store stays for
+// Restart.
 func (c *Servers) Kill(i int) {
 	c.t.Helper()
 	c.mu.Lock()
 	s := c.srv[i]
 	c.srv[i] = nil
+	var cut []*link
+	for _, l := range c.links {
+		if l.ends[0] == i || l.ends[1] == i {
+			cut = append(cut, l)
+		}
+	}
 	c.mu.Unlock()
 	if s == nil {
 		c.t.Fatalf("natstest: server %d is not running", i)
+	}
+	for _, l := range cut {
+		l.cut()
 	}
 	s.Shutdown()
 	s.WaitForShutdown()
@@ -227,6 +270,11 @@ func (c *Servers) Restart(i int) {
 	if running {
 		c.t.Fatalf("natstest: server %d is running", i)
 	}
+	for _, l := range c.linksOf(i) {
+		if err := l.open(); err != nil {
+			c.t.Fatalf("natstest: restarting server %d: %v", i, err)
+		}
+	}
 	deadline := time.Now().Add(readyTimeout)
 	for {
 		// Its ports were just released; retry while something else holds one.
@@ -242,6 +290,23 @@ func (c *Servers) Restart(i int) {
 		}
 	}
 	c.WaitReady()
+}
+
+// linksOf returns the links of server i whose other end runs.
+func (c *Servers) linksOf(i int) []*link {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*link
+	for _, l := range c.links {
+		other := l.ends[0]
+		if other == i {
+			other = l.ends[1]
+		}
+		if (l.ends[0] == i || l.ends[1] == i) && (other == i || c.srv[other] != nil) {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 // WaitReady waits until the running servers form a working JetStream
@@ -328,11 +393,12 @@ func (c *Servers) Connect() (*nats.Conn, jetstream.JetStream) {
 	return nc, js
 }
 
-// shutdown stops every running server and waits until each is down.
+// shutdown stops every running server and link and waits until each is
+// down.
 func (c *Servers) shutdown() {
 	c.mu.Lock()
-	servers := c.srv
-	c.srv = make([]*server.Server, len(servers))
+	servers, links := c.srv, c.links
+	c.srv, c.links = make([]*server.Server, len(servers)), nil
 	c.mu.Unlock()
 	for _, s := range servers {
 		if s != nil {
@@ -343,5 +409,8 @@ func (c *Servers) shutdown() {
 		if s != nil {
 			s.WaitForShutdown()
 		}
+	}
+	for _, l := range links {
+		l.cut()
 	}
 }

@@ -37,12 +37,14 @@ func TestCluster(t *testing.T) {
 	// takes writes again.
 	leader := c.StreamLeader("T")
 	c.Kill(leader)
+	killed := time.Now()
 	require.Nil(t, c.Server(leader))
 	require.NotEqual(t, leader, c.StreamLeader("T"))
 	require.EventuallyWithT(t, func(ct *assert.CollectT) {
 		_, err := js.Publish(t.Context(), "t.x", []byte("after"))
 		require.NoError(ct, err)
-	}, 20*time.Second, 50*time.Millisecond)
+	}, 30*time.Second, 50*time.Millisecond)
+	t.Logf("stream leader killed: a new one took writes %s later", time.Since(killed).Round(time.Millisecond))
 	_, ok := c.StreamState(leader, "T")
 	require.False(t, ok, "a killed server reports nothing")
 

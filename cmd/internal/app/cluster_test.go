@@ -98,9 +98,22 @@ func TestClusterReplication(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		for i, a := range apps {
+		for i := range apps {
 			require.NoError(t, errs[i])
-			a.Close()
+		}
+		// Each runs, and its fold catches up.
+		ctx, cancel := context.WithCancel(context.Background())
+		var running sync.WaitGroup
+		for _, a := range apps {
+			running.Go(func() { require.NoError(t, a.Run(ctx)) })
+		}
+		t.Cleanup(func() { cancel(); running.Wait() })
+		for i, a := range apps {
+			select {
+			case <-a.Replica.Ready():
+			case <-time.After(20 * time.Second):
+				t.Fatalf("broker %d: the fold did not start", i)
+			}
 		}
 		_, js := c.Connect()
 		requireReplicas(t, js, 3)
@@ -329,14 +342,18 @@ func TestClusterStreamLeaderKilled(t *testing.T) {
 	t.Logf("all %d tasks completed %s after the kill", tasks, time.Since(killed).Round(time.Millisecond))
 
 	// The killed server comes back and catches up with the stream.
+	restarted := time.Now()
 	c.Restart(leader)
+	t.Logf("%s restarted; the cluster is ready again after %s", c.Name(leader), time.Since(restarted).Round(time.Millisecond))
 	info, err := stream.Info(t.Context())
 	require.NoError(t, err)
 	require.EventuallyWithT(t, func(ct *assertT) {
 		st, ok := c.StreamState(leader, events.StreamName)
 		require.True(ct, ok)
 		require.GreaterOrEqual(ct, st.LastSeq, info.State.LastSeq)
-	}, 20*time.Second, 50*time.Millisecond)
+	}, 30*time.Second, 50*time.Millisecond)
+	t.Logf("%s caught up with %s (sequence %d) %s after its restart", c.Name(leader), events.StreamName, info.State.LastSeq,
+		time.Since(restarted).Round(time.Millisecond))
 
 	// Folding the log: each accepted task was submitted, reserved, started
 	// and completed exactly once; nothing else was submitted.
