@@ -9,6 +9,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+
+	"github.com/cbroker/broker/events"
 )
 
 // flakyJetStream fails the first appends it is given, as a stream electing
@@ -59,4 +61,49 @@ func TestAppendRetries(t *testing.T) {
 		require.Equal(t, http.StatusServiceUnavailable, code, string(body))
 		require.Equal(t, int32(1), flaky.calls.Load())
 	})
+}
+
+// lossyAckJetStream gives out an idempotency bucket whose first Create is
+// stored but reported as timed out, as when the bucket's stream leader dies
+// before it answers.
+type lossyAckJetStream struct {
+	jetstream.JetStream
+	lost atomic.Bool
+}
+
+func (j *lossyAckJetStream) KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
+	kv, err := j.JetStream.KeyValue(ctx, bucket)
+	if err != nil || bucket != events.BucketIdempotency {
+		return kv, err
+	}
+	return &lossyAckBucket{KeyValue: kv, lost: &j.lost}, nil
+}
+
+type lossyAckBucket struct {
+	jetstream.KeyValue
+	lost *atomic.Bool
+}
+
+func (b *lossyAckBucket) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	rev, err := b.KeyValue.Create(ctx, key, value, opts...)
+	if err == nil && b.lost.CompareAndSwap(false, true) {
+		return 0, context.DeadlineExceeded
+	}
+	return rev, err
+}
+
+func TestIdempotencyClaimWithALostAcknowledgement(t *testing.T) {
+	t.Parallel()
+	var lossy *lossyAckJetStream
+	b := setup(t, func(c *Config) {
+		lossy = &lossyAckJetStream{JetStream: c.JetStream}
+		c.JetStream = lossy
+	})
+	resp, body := b.doWith(t, http.MethodPost, "/tasks", `{"name":"r","image":"busybox","cmd":"true","execution_type":"cpu"}`,
+		map[string]string{HeaderIdempotencyKey: "lost-ack"})
+	require.Equal(t, http.StatusOK, resp.StatusCode, "the request recognises its own claim, not another's: %s", body)
+	require.True(t, lossy.lost.Load())
+	resp, _ = b.doWith(t, http.MethodPost, "/tasks", `{"name":"r","image":"busybox","cmd":"true","execution_type":"cpu"}`,
+		map[string]string{HeaderIdempotencyKey: "lost-ack"})
+	require.Equal(t, "true", resp.Header.Get("Idempotent-Replayed"))
 }
