@@ -1,5 +1,6 @@
 // Package natstest starts real, embedded NATS servers with JetStream for
-// tests: one per test, with its own store directory and a random port.
+// tests: one per test, with its own store directory and a random port (Run),
+// or a cluster of several in the test process (Cluster).
 package natstest
 
 import (
