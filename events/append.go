@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -54,11 +56,21 @@ func Append(ctx context.Context, js jetstream.JetStream, e Envelope) (Ack, error
 	return Ack{Seq: pa.Sequence, Duplicate: pa.Duplicate}, nil
 }
 
+// AckTimeout bounds AppendAll's wait for acknowledgements when ctx has no
+// deadline. An acknowledgement can be lost for good: when the stream's
+// leader dies, the appends it had not answered get no answer from anyone.
+const AckTimeout = 10 * time.Second
+
 // AppendAll stores events in order with pipelined publishes and waits for
-// every acknowledgement. On error some events may be stored and others not;
-// calling AppendAll again with the same envelopes is safe, because each
-// carries its idempotency key.
+// every acknowledgement (up to AckTimeout when ctx has no deadline). On
+// error some events may be stored and others not; calling AppendAll again
+// with the same envelopes is safe, because each carries its idempotency key.
 func AppendAll(ctx context.Context, js jetstream.JetStream, envs []Envelope) ([]Ack, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, AckTimeout)
+		defer cancel()
+	}
 	futures := make([]jetstream.PubAckFuture, 0, len(envs))
 	for _, e := range envs {
 		m, err := Msg(e)
@@ -80,11 +92,54 @@ func AppendAll(ctx context.Context, js jetstream.JetStream, envs []Envelope) ([]
 		case err := <-f.Err():
 			errs = append(errs, fmt.Errorf("appending %s for %s: %w", envs[i].Type, envs[i].AggregateID, err))
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, fmt.Errorf("appending %d events: %w", len(envs), ctx.Err())
 		}
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return acks, nil
+}
+
+// Transient reports whether a failed append may succeed when retried with
+// the same envelopes, as happens while the stream elects a new leader or the
+// connection moves to another server: no responders, a timeout (the append
+// may or may not be stored; its key makes the retry safe), a lost or stalled
+// connection, JetStream answering 503 (10008: "JetStream system
+// temporarily unavailable"), or a replicated stream still storing an earlier
+// append with the same key (10158: "duplicate message id is in process"; the
+// retry gets the duplicate's acknowledgement). Other errors, such as a
+// refused message or a cancelled ctx, are permanent. A joined error is
+// transient when each of its errors is.
+func Transient(err error) bool {
+	if err == nil {
+		return false
+	}
+	if joined, ok := err.(interface{ Unwrap() []error }); ok { //nolint:errorlint // the join itself, not a wrapped one
+		for _, e := range joined.Unwrap() {
+			if !Transient(e) {
+				return false
+			}
+		}
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.Code == http.StatusServiceUnavailable || apiErr.ErrorCode == errCodeDuplicateInProcess
+	}
+	for _, t := range transientErrors {
+		if errors.Is(err, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// errCodeDuplicateInProcess is JetStream's 10158, which nats.go does not name.
+const errCodeDuplicateInProcess jetstream.ErrorCode = 10158
+
+var transientErrors = []error{
+	jetstream.ErrNoStreamResponse, nats.ErrNoResponders, context.DeadlineExceeded, nats.ErrTimeout,
+	jetstream.ErrAsyncPublishTimeout, jetstream.ErrTooManyStalledMsgs,
+	nats.ErrDisconnected, nats.ErrConnectionReconnecting, nats.ErrStaleConnection,
 }

@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -126,20 +127,41 @@ func LogObjectName(taskID string, attempt int) string {
 	return fmt.Sprintf("%s/%d", taskID, attempt)
 }
 
-// Ensure creates or updates the stream, the KV buckets and the object store
+// Ensure creates or updates the stream, the KV buckets and the object stores
 // with the given replication factor.
+//
+// Each asset is created first and updated only when it exists with another
+// configuration; nats.go's CreateOrUpdate* do the reverse. On a cluster,
+// brokers starting together then do not collide: concurrent creates with
+// one configuration all succeed, while an update racing a create of the same
+// stream left both unanswered until their timeouts (nats-server 2.15.2).
+// Concurrent updates (brokers upgrading the replication together) can still
+// leave one unanswered; its retry then finds the asset up to date.
 func Ensure(ctx context.Context, js jetstream.JetStream, replicas int) error {
-	if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(replicas)); err != nil {
-		return fmt.Errorf("ensuring stream %s: %w", StreamName, err)
+	if _, err := js.CreateStream(ctx, StreamConfig(replicas)); errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		_, err = js.UpdateStream(ctx, StreamConfig(replicas))
+		if err != nil {
+			return fmt.Errorf("updating stream %s: %w", StreamName, err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("creating stream %s: %w", StreamName, err)
 	}
 	for _, cfg := range KeyValueConfigs(replicas) {
-		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
-			return fmt.Errorf("ensuring bucket %s: %w", cfg.Bucket, err)
+		if _, err := js.CreateKeyValue(ctx, cfg); errors.Is(err, jetstream.ErrBucketExists) {
+			if _, err := js.UpdateKeyValue(ctx, cfg); err != nil {
+				return fmt.Errorf("updating bucket %s: %w", cfg.Bucket, err)
+			}
+		} else if err != nil {
+			return fmt.Errorf("creating bucket %s: %w", cfg.Bucket, err)
 		}
 	}
 	for _, cfg := range ObjectStoreConfigs(replicas) {
-		if _, err := js.CreateOrUpdateObjectStore(ctx, cfg); err != nil {
-			return fmt.Errorf("ensuring object store %s: %w", cfg.Bucket, err)
+		if _, err := js.CreateObjectStore(ctx, cfg); errors.Is(err, jetstream.ErrBucketExists) {
+			if _, err := js.UpdateObjectStore(ctx, cfg); err != nil {
+				return fmt.Errorf("updating object store %s: %w", cfg.Bucket, err)
+			}
+		} else if err != nil {
+			return fmt.Errorf("creating object store %s: %w", cfg.Bucket, err)
 		}
 	}
 	return nil

@@ -57,6 +57,10 @@ type Config struct {
 	// ApplyTimeout bounds the wait for the fold to apply a write. Defaults
 	// to 10s.
 	ApplyTimeout time.Duration
+	// AppendTimeout bounds the attempts to append a request's events while
+	// appends fail transiently (events.Transient), as they do for a second
+	// or two while a clustered stream elects a new leader. Defaults to 10s.
+	AppendTimeout time.Duration
 	// BodyLimit caps request bodies. Defaults to "512K", so that the event a
 	// body becomes always fits in a NATS message (1 MiB by default).
 	BodyLimit string
@@ -85,6 +89,9 @@ type Gateway struct {
 	// that never end on their own (GET /events).
 	closing   chan struct{}
 	closeOnce sync.Once
+	// idem is the idempotency bucket, looked up once (see idempotencyBucket).
+	idemMu sync.Mutex
+	idem   jetstream.KeyValue
 }
 
 // New returns a gateway with its routes.
@@ -103,6 +110,9 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if cfg.ApplyTimeout <= 0 {
 		cfg.ApplyTimeout = 10 * time.Second
+	}
+	if cfg.AppendTimeout <= 0 {
+		cfg.AppendTimeout = 10 * time.Second
 	}
 	if cfg.BodyLimit == "" {
 		cfg.BodyLimit = "512K"
@@ -269,6 +279,43 @@ func readBody(c echo.Context) ([]byte, error) {
 	return body, nil
 }
 
+// appendAttempt bounds one attempt of an append: an append the dead leader
+// of a stream had taken is never answered.
+const appendAttempt = time.Second
+
+// append stores events, retrying transient failures with the same
+// envelopes (their keys make that safe) for up to AppendTimeout. It answers
+// 503 when the log stays unavailable.
+func (g *Gateway) append(ctx context.Context, envs ...events.Envelope) ([]events.Ack, error) {
+	deadline := time.Now().Add(g.cfg.AppendTimeout)
+	delay := 100 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, min(appendAttempt, time.Until(deadline)))
+		var acks []events.Ack
+		var err error
+		if len(envs) == 1 {
+			var ack events.Ack
+			ack, err = events.Append(actx, g.cfg.JetStream, envs[0])
+			acks = []events.Ack{ack}
+		} else {
+			acks, err = events.AppendAll(actx, g.cfg.JetStream, envs)
+		}
+		cancel()
+		if err == nil {
+			return acks, nil
+		}
+		if !events.Transient(err) || ctx.Err() != nil || time.Until(deadline) < delay {
+			return nil, errorf(http.StatusServiceUnavailable, "the event log is not available: %v", err)
+		}
+		g.log.WarnContext(ctx, "appending events failed; retrying", slog.Int("events", len(envs)), slog.Any("error", err))
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+		}
+		delay = min(2*delay, time.Second)
+	}
+}
+
 // propose appends one event for a request, waits until the fold has applied
 // it and returns the fold's outcome together with a state holding only that
 // event: the entity as the request left it, which is what a create answers
@@ -279,10 +326,11 @@ func (g *Gateway) propose(c echo.Context, key string, p events.Payload) (project
 		return projections.Outcome{}, nil, err
 	}
 	ctx := c.Request().Context()
-	ack, err := events.Append(ctx, g.cfg.JetStream, env)
+	acks, err := g.append(ctx, env)
 	if err != nil {
-		return projections.Outcome{}, nil, errorf(http.StatusServiceUnavailable, "the event log is not available: %v", err)
+		return projections.Outcome{}, nil, err
 	}
+	ack := acks[0]
 	wctx, cancel := context.WithTimeout(ctx, g.cfg.ApplyTimeout)
 	defer cancel()
 	out, err := g.cfg.Replica.WaitSeq(wctx, ack.Seq)

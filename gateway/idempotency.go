@@ -45,13 +45,16 @@ func newID(c echo.Context, kind string) string {
 
 // answer is what the idempotency bucket keeps of a request.
 type answer struct {
-	State       string    `json:"state"` // pending | done
-	Method      string    `json:"method"`
-	Path        string    `json:"path"`
-	StartedAt   time.Time `json:"started_at"`
-	Status      int       `json:"status,omitempty"`
-	ContentType string    `json:"content_type,omitempty"`
-	Body        []byte    `json:"body,omitempty"`
+	State     string    `json:"state"` // pending | done
+	Method    string    `json:"method"`
+	Path      string    `json:"path"`
+	StartedAt time.Time `json:"started_at"`
+	// Claim identifies the request that stored a pending answer, so that it
+	// recognises its own claim when it retries a Create whose reply was lost.
+	Claim       string `json:"claim,omitempty"`
+	Status      int    `json:"status,omitempty"`
+	ContentType string `json:"content_type,omitempty"`
+	Body        []byte `json:"body,omitempty"`
 }
 
 // idempotency replays the first answer to a request with the same
@@ -69,11 +72,14 @@ func (g *Gateway) idempotency(next echo.HandlerFunc) echo.HandlerFunc {
 		sum := sha256.Sum256([]byte(raw))
 		key := hex.EncodeToString(sum[:])
 		ctx := c.Request().Context()
-		kv, err := g.cfg.JetStream.KeyValue(ctx, events.BucketIdempotency)
+		kv, err := g.idempotencyBucket(ctx)
 		if err != nil {
 			return errorf(http.StatusServiceUnavailable, "idempotency store: %v", err)
 		}
-		mine := answer{State: "pending", Method: c.Request().Method, Path: c.Request().URL.Path, StartedAt: g.cfg.Now().UTC()}
+		mine := answer{
+			State: "pending", Method: c.Request().Method, Path: c.Request().URL.Path,
+			StartedAt: g.cfg.Now().UTC(), Claim: uuid.NewString(),
+		}
 		if err := g.claim(c, kv, key, mine); err != nil {
 			var replayed replayedError
 			if errors.As(err, &replayed) {
@@ -89,19 +95,58 @@ func (g *Gateway) idempotency(next echo.HandlerFunc) echo.HandlerFunc {
 			g.echo.HTTPErrorHandler(herr, c)
 		}
 		// Finish with a context of its own: the answer is sent already.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		// Retry for a while: a key left pending answers its retries with 409
+		// until pendingTimeout.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		if rec.status >= 500 {
-			_ = kv.Delete(fctx, key)
+			if err := retryKV(fctx, func(ctx context.Context) error { return kv.Delete(ctx, key) }); err != nil {
+				g.log.WarnContext(fctx, "releasing an idempotency key", slog.Any("error", err))
+			}
 			return nil
 		}
 		done := mine
 		done.State, done.Status, done.ContentType, done.Body = "done", rec.status, rec.Header().Get(echo.HeaderContentType), rec.body.Bytes()
 		b, _ := json.Marshal(done)
-		if _, err := kv.Put(fctx, key, b); err != nil {
+		if err := retryKV(fctx, func(ctx context.Context) error { _, err := kv.Put(ctx, key, b); return err }); err != nil {
 			g.log.WarnContext(fctx, "storing an idempotent answer", slog.Any("error", err))
 		}
 		return nil
+	}
+}
+
+// idempotencyBucket returns the idempotency bucket. The handle is looked up
+// once: the lookup asks the bucket's stream leader for its configuration,
+// which a request would otherwise wait for whenever that leader changes.
+func (g *Gateway) idempotencyBucket(ctx context.Context) (jetstream.KeyValue, error) {
+	g.idemMu.Lock()
+	defer g.idemMu.Unlock()
+	if g.idem == nil {
+		kv, err := g.cfg.JetStream.KeyValue(ctx, events.BucketIdempotency)
+		if err != nil {
+			return nil, err
+		}
+		g.idem = kv
+	}
+	return g.idem, nil
+}
+
+// retryKV runs a KV write until it succeeds or ctx is done, each attempt
+// bounded by appendAttempt: while a bucket's stream elects a new leader,
+// writes fail or go unanswered for a second or two.
+func retryKV(ctx context.Context, write func(context.Context) error) error {
+	for {
+		actx, cancel := context.WithTimeout(ctx, appendAttempt)
+		err := write(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-ctx.Done():
+			return err
+		}
 	}
 }
 
@@ -110,14 +155,27 @@ func (g *Gateway) idempotency(next echo.HandlerFunc) echo.HandlerFunc {
 func (g *Gateway) claim(c echo.Context, kv jetstream.KeyValue, key string, mine answer) error {
 	ctx := c.Request().Context()
 	b, _ := json.Marshal(mine)
-	for range 3 {
-		_, err := kv.Create(ctx, key, b)
+	deadline := time.Now().Add(g.cfg.AppendTimeout)
+	for tries := 0; tries < 3; {
+		actx, cancel := context.WithTimeout(ctx, appendAttempt)
+		_, err := kv.Create(actx, key, b)
+		cancel()
 		if err == nil {
 			return nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return errorf(http.StatusServiceUnavailable, "idempotency store: %v", err)
+			// The bucket's stream may be electing a leader; the Create may
+			// have been stored even so, which the next try recognises.
+			if !events.Transient(err) || ctx.Err() != nil || time.Now().After(deadline) {
+				return errorf(http.StatusServiceUnavailable, "idempotency store: %v", err)
+			}
+			select {
+			case <-time.After(200 * time.Millisecond):
+			case <-ctx.Done():
+			}
+			continue
 		}
+		tries++
 		e, err := kv.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue // gone in between: try again
@@ -130,6 +188,8 @@ func (g *Gateway) claim(c echo.Context, kv jetstream.KeyValue, key string, mine 
 			return errorf(http.StatusInternalServerError, "idempotency store holds a malformed answer: %v", err)
 		}
 		switch {
+		case prev.State == "pending" && prev.Claim == mine.Claim:
+			return nil // our own Create, whose reply was lost
 		case prev.Method != mine.Method || prev.Path != mine.Path:
 			return errorf(http.StatusUnprocessableEntity, "%s was already used for %s %s", HeaderIdempotencyKey, prev.Method, prev.Path)
 		case prev.State == "done":

@@ -138,9 +138,9 @@ func (g *Gateway) deleteErrors(c echo.Context) error {
 		envs = append(envs, env)
 	}
 	ctx := c.Request().Context()
-	acks, err := events.AppendAll(ctx, g.cfg.JetStream, envs)
+	acks, err := g.append(ctx, envs...)
 	if err != nil {
-		return errorf(http.StatusServiceUnavailable, "the event log is not available: %v", err)
+		return err
 	}
 	var last uint64
 	for _, a := range acks {

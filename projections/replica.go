@@ -40,6 +40,10 @@ type ReplicaConfig struct {
 	// Snapshots, when set, gives the fold its starting point: the newest
 	// snapshot that matches the log, instead of the first event.
 	Snapshots *Snapshots
+	// Heartbeat is the idle heartbeat of the stream consumer. Defaults to
+	// 1s. The consumer lives on the stream's leader; when that server dies,
+	// the replica recreates it after two missed heartbeats (see follow).
+	Heartbeat time.Duration
 }
 
 // Replica keeps one State up to date from the event stream and shares it
@@ -49,6 +53,7 @@ type Replica struct {
 	js        jetstream.JetStream
 	log       *slog.Logger
 	snapshots *Snapshots
+	heartbeat time.Duration
 
 	mu    sync.RWMutex
 	state *State
@@ -75,9 +80,13 @@ func NewReplica(cfg ReplicaConfig) (*Replica, error) {
 	if cfg.Remember <= 0 {
 		cfg.Remember = 1 << 16
 	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = time.Second
+	}
 	return &Replica{
 		js:        cfg.JetStream,
 		snapshots: cfg.Snapshots,
+		heartbeat: cfg.Heartbeat,
 		log:       cfg.Logger.With(slog.String("component", "replica")),
 		state:     NewState(),
 		ring:      make([]Applied, cfg.Remember),
@@ -111,38 +120,57 @@ func (r *Replica) run(ctx context.Context) error {
 				slog.Int("tasks", len(st.Tasks)), slog.Duration("took", time.Since(start)))
 		}
 	}
-	stream, err := r.js.Stream(ctx, events.StreamName)
+	target, err := r.lastSeq(ctx)
 	if err != nil {
-		return fmt.Errorf("opening stream %s: %w", events.StreamName, err)
-	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("reading stream %s: %w", events.StreamName, err)
-	}
-	target := info.State.LastSeq
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.AllSubjects}, DeliverPolicy: jetstream.DeliverAllPolicy}
-	if seq := r.Seq(); seq > 0 {
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, seq+1
+		return err
 	}
 	if r.Seq() >= target {
 		r.markReady()
 	}
-	cons, err := r.js.OrderedConsumer(ctx, events.StreamName, cfg)
-	if err != nil {
-		return fmt.Errorf("consuming stream %s: %w", events.StreamName, err)
-	}
-	cc, err := cons.Consume(func(m jetstream.Msg) { r.handle(m, target) },
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			r.log.WarnContext(ctx, "event stream consumer", slog.Any("error", err))
-		}))
-	if err != nil {
-		return fmt.Errorf("consuming stream %s: %w", events.StreamName, err)
-	}
 	r.log.InfoContext(ctx, "replica started", slog.Uint64("catch_up_to", target))
-	<-ctx.Done()
-	cc.Stop()
-	<-cc.Closed()
-	return nil
+	var wg sync.WaitGroup // deletions of lost consumers
+	defer wg.Wait()
+	delay := time.Duration(0)
+	for {
+		start := time.Now()
+		err := r.follow(ctx, target, &wg)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > 10*time.Second {
+			delay = 0 // it ran for a while: start the backoff afresh
+		}
+		delay = min(max(2*delay, 100*time.Millisecond), 2*time.Second)
+		r.log.WarnContext(ctx, "event stream consumer lost; recreating it", slog.Uint64("from_seq", r.Seq()+1),
+			slog.Duration("after", delay), slog.Any("error", err))
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// lastSeq returns the stream's last sequence, retrying while the stream has
+// no leader.
+func (r *Replica) lastSeq(ctx context.Context) (uint64, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		actx, cancel := context.WithTimeout(ctx, apiTimeout)
+		stream, err := r.js.Stream(actx, events.StreamName)
+		var info *jetstream.StreamInfo
+		if err == nil {
+			info, err = stream.Info(actx)
+		}
+		cancel()
+		if err == nil {
+			return info.State.LastSeq, nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return 0, fmt.Errorf("reading stream %s: %w", events.StreamName, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 func (r *Replica) handle(m jetstream.Msg, target uint64) {
@@ -153,6 +181,10 @@ func (r *Replica) handle(m jetstream.Msg, target uint64) {
 	}
 	seq := md.Sequence.Stream
 	r.mu.Lock()
+	if seq <= r.state.Seq {
+		r.mu.Unlock()
+		return // folded already (a consumer recreated from an older sequence)
+	}
 	env, out, err := foldMsg(r.state, m.Data(), seq, md.Timestamp)
 	r.ring[seq%uint64(len(r.ring))] = Applied{
 		Seq: seq, ID: env.ID, Type: env.Type, AggregateID: env.AggregateID,

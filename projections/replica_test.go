@@ -78,6 +78,32 @@ func TestReplica(t *testing.T) {
 		})
 	})
 
+	t.Run("ALostConsumerIsRecreated", func(t *testing.T) {
+		t.Parallel()
+		b := setupReplica(t)
+		first := appendOne(t, b.srv, "t1:sub", submit("t1", "cpu", 3))
+		_, err := b.replica.WaitSeq(t.Context(), first.Seq)
+		require.NoError(t, err)
+		// The consumer goes, as it does with a stream leader that dies.
+		stream, err := b.srv.JS.Stream(t.Context(), events.StreamName)
+		require.NoError(t, err)
+		names := stream.ConsumerNames(t.Context())
+		var deleted int
+		for name := range names.Name() {
+			require.NoError(t, stream.DeleteConsumer(t.Context(), name))
+			deleted++
+		}
+		require.NoError(t, names.Err())
+		require.Equal(t, 1, deleted)
+		second := appendOne(t, b.srv, "t2:sub", submit("t2", "cpu", 3))
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		out, err := b.replica.WaitSeq(ctx, second.Seq)
+		require.NoError(t, err)
+		require.True(t, out.Accepted)
+		b.replica.Read(func(s *State) { require.Len(t, s.Tasks, 2) })
+	})
+
 	t.Run("AppendWithTheSameKeyIsStoredOnce", func(t *testing.T) {
 		t.Parallel()
 		b := setupReplica(t)

@@ -63,9 +63,26 @@ func (s *Snapshots) Save(ctx context.Context, info SnapshotInfo, data []byte) er
 	return nil
 }
 
+// listAttempt bounds one attempt to list the snapshots. nats.go's object
+// store List waits for ever on an empty store when its first look at the
+// store fails rather than finding nothing, as it can while the store's
+// stream is still being placed on a cluster (nats.go 1.55.0).
+const listAttempt = 2 * time.Second
+
 // List returns the stored snapshots of this fold version, oldest first.
 func (s *Snapshots) List(ctx context.Context) ([]SnapshotInfo, error) {
-	objs, err := s.store.List(ctx)
+	var (
+		objs []*jetstream.ObjectInfo
+		err  error
+	)
+	for range 3 {
+		lctx, cancel := context.WithTimeout(ctx, listAttempt)
+		objs, err = s.store.List(lctx)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			break
+		}
+	}
 	if errors.Is(err, jetstream.ErrNoObjectsFound) {
 		return nil, nil
 	}

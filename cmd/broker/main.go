@@ -83,6 +83,7 @@ type serveCmd struct {
 	Listen          string            `name:"listen" default:"127.0.0.1:8080" env:"BROKER_LISTEN" help:"Address of the HTTP API."`
 	DataDir         string            `name:"data-dir" default:"./broker-data" env:"BROKER_DATA_DIR" help:"Directory of the embedded NATS server's store."`
 	NATSURL         string            `name:"nats-url" env:"BROKER_NATS_URL" help:"Use this external NATS server (comma-separated URLs, nats://user:password@host:4222 works) instead of the embedded one."`
+	Replicas        int               `name:"replicas" default:"0" env:"BROKER_REPLICAS" help:"With --nats-url: replication of the event stream, KV buckets and object stores (0: 3 on a cluster of three or more servers, else 1)."`
 	NATSUser        string            `name:"nats-user" env:"BROKER_NATS_USER" help:"With --nats-url: the user to log in as (default broker when a password is given)."`
 	NATSPassword    string            `name:"nats-password" env:"BROKER_NATS_PASSWORD" help:"Password of nats.conf's broker user. Embedded: sets it (default: random for each start); with --nats-url: the password to log in with."`
 	NATSCreds       string            `name:"nats-creds" env:"BROKER_NATS_CREDS" help:"With --nats-url: a NATS credentials file (JWT and nkey) to log in with."`
@@ -119,7 +120,7 @@ func (s *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	a, err := app.New(ctx, app.Config{
-		Listen: s.Listen, DataDir: s.DataDir, NATSURL: s.NATSURL, NATSConfig: s.NATSConfig, NATSListen: s.NATSListen,
+		Listen: s.Listen, DataDir: s.DataDir, NATSURL: s.NATSURL, Replicas: s.Replicas, NATSConfig: s.NATSConfig, NATSListen: s.NATSListen,
 		NATSUser: s.NATSUser, NATSPassword: s.NATSPassword, NATSCreds: s.NATSCreds, SubscriberPassword: s.SubscriberPass,
 		LocalNode: s.LocalNode, LocalNodeSlots: slots, Mounts: s.StorageMount,
 		HealthInterval: s.HealthInterval, HealthGrace: s.HealthGrace, StopGrace: s.StopGrace, DockerCertPath: s.DockerCertPath,

@@ -1,5 +1,6 @@
 // Package natstest starts real, embedded NATS servers with JetStream for
-// tests: one per test, with its own store directory and a random port.
+// tests: one per test, with its own store directory and a random port (Run),
+// or a cluster of several in the test process (Cluster).
 package natstest
 
 import (
@@ -82,7 +83,9 @@ func IgnoreObjectStoreRace() goleak.Option {
 }
 
 // Events reads every event matching the subjects (all when none are given)
-// from the stream, in order, with their sequences.
+// from the stream, in order, with their sequences. It reads until the
+// consumer has nothing pending, so a pause of the stream (a leader change in
+// a cluster) does not cut the list short.
 func Events(t testing.TB, js jetstream.JetStream, subjects ...string) []events.Envelope {
 	t.Helper()
 	cons, err := js.OrderedConsumer(t.Context(), events.StreamName, jetstream.OrderedConsumerConfig{FilterSubjects: subjects})
@@ -90,12 +93,16 @@ func Events(t testing.TB, js jetstream.JetStream, subjects ...string) []events.E
 		t.Fatalf("reading the event stream: %v", err)
 	}
 	var out []events.Envelope
+	deadline := time.Now().Add(30 * time.Second)
 	for {
+		if time.Now().After(deadline) {
+			t.Fatalf("reading the event stream: still not at its end after 30s (%d events read)", len(out))
+		}
 		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
-			t.Fatalf("reading the event stream: %v", err)
+			continue // the ordered consumer recreates itself
 		}
-		n := 0
+		n, pending := 0, uint64(1)
 		for m := range batch.Messages() {
 			n++
 			md, err := m.Metadata()
@@ -108,9 +115,15 @@ func Events(t testing.TB, js jetstream.JetStream, subjects ...string) []events.E
 			}
 			env.Seq = md.Sequence.Stream
 			out = append(out, env)
+			pending = md.NumPending
+		}
+		if n > 0 && pending == 0 {
+			return out
 		}
 		if n == 0 {
-			return out
+			if info, err := cons.Info(t.Context()); err == nil && info.NumPending == 0 {
+				return out
+			}
 		}
 	}
 }

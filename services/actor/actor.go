@@ -38,6 +38,10 @@ type Writer struct {
 	// scheduler's and runner's duplicates count, as they would once the
 	// duplicate window has passed.
 	KeyPrefix string
+	// AttemptTimeout bounds one attempt. Defaults to 2s: the appends a
+	// stream's leader had taken when it died are never answered, and the
+	// retry goes to the new leader.
+	AttemptTimeout time.Duration
 }
 
 // Envelopes turns proposals into envelopes.
@@ -66,15 +70,21 @@ func (w *Writer) Propose(ctx context.Context, ps ...Proposal) ([]events.Ack, err
 	if delay <= 0 {
 		delay = 500 * time.Millisecond
 	}
+	timeout := w.AttemptTimeout
+	if timeout <= 0 {
+		timeout = 2 * time.Second
+	}
 	for {
 		var acks []events.Ack
+		actx, cancel := context.WithTimeout(ctx, timeout)
 		if len(envs) == 1 {
 			var ack events.Ack
-			ack, err = events.Append(ctx, w.JS, envs[0])
+			ack, err = events.Append(actx, w.JS, envs[0])
 			acks = []events.Ack{ack}
 		} else {
-			acks, err = events.AppendAll(ctx, w.JS, envs)
+			acks, err = events.AppendAll(actx, w.JS, envs)
 		}
+		cancel()
 		if err == nil {
 			return acks, nil
 		}

@@ -56,9 +56,17 @@ type Config struct {
 	// DataDir holds the embedded NATS server's store. Required unless
 	// NATSURL is set.
 	DataDir string
-	// NATSURL connects to an external NATS server instead of starting one.
-	// It may carry a user and password (nats://user:password@host:4222).
+	// NATSURL connects to an external NATS server instead of starting one:
+	// a comma-separated list of the servers of a cluster, among which the
+	// connection moves when one fails. It may carry a user and password
+	// (nats://user:password@host:4222).
 	NATSURL string
+	// Replicas is the replication of the stream, the KV buckets and the
+	// object stores on an external server; they are created with it or
+	// updated to it. 0 means auto: 3 when the server is a member of a
+	// cluster, 1 otherwise, and 1 too when the cluster refuses three
+	// replicas for lack of JetStream servers. The embedded server takes 1.
+	Replicas int
 	// NATSUser and NATSPassword log in to an external server (the user
 	// defaults to BrokerUser when only a password is given); NATSCreds is a
 	// credentials file (JWT and nkey) instead. In embedded mode NATSPassword
@@ -163,6 +171,9 @@ func (c Config) validate() error {
 	var errs []error
 	if c.DataDir == "" && c.NATSURL == "" {
 		errs = append(errs, errors.New("a data directory or a NATS URL is required"))
+	}
+	if c.Replicas < 0 || (c.Replicas > 1 && c.NATSURL == "") {
+		errs = append(errs, fmt.Errorf("replicas %d: want 0 (auto) or more, and more than 1 only with an external NATS cluster", c.Replicas))
 	}
 	if c.NATSCreds != "" && (c.NATSUser != "" || c.NATSPassword != "") {
 		errs = append(errs, errors.New("give NATS credentials as a file or as user and password, not both"))
@@ -291,33 +302,90 @@ func (a *App) open(ctx context.Context) error {
 func (a *App) connect(ctx context.Context) error {
 	var err error
 	if a.cfg.NATSURL != "" {
-		opts := append([]nats.Option{nats.Name("broker " + a.cfg.Instance), nats.MaxReconnects(-1)}, a.cfg.externalLogin()...)
-		a.nc, err = nats.Connect(a.cfg.NATSURL, opts...)
+		// The URLs of a cluster's other servers come with the first server's
+		// INFO too, so the connection fails over even to servers not listed.
+		opts := append(connectionEvents(a.log),
+			nats.Name("broker "+a.cfg.Instance), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second))
+		a.nc, err = nats.Connect(a.cfg.NATSURL, append(opts, a.cfg.externalLogin()...)...)
 		if err != nil {
 			return fmt.Errorf("connecting to %s: %w", redactURLs(a.cfg.NATSURL), err)
 		}
+		a.log.InfoContext(ctx, "connected to nats", slog.String("server", a.nc.ConnectedServerName()),
+			slog.String("cluster", a.nc.ConnectedClusterName()), slog.String("url", a.nc.ConnectedUrlRedacted()))
 	} else if err := a.startEmbedded(); err != nil {
 		return err
 	}
-	if a.js, err = jetstream.New(a.nc); err != nil {
+	// Asynchronous appends whose stream leader died are never answered:
+	// time them out rather than keep them pending for ever.
+	if a.js, err = jetstream.New(a.nc, jetstream.WithPublishAsyncTimeout(events.AckTimeout)); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	return ensure(ctx, a.js)
+	return a.ensure(ctx)
 }
 
-// ensure creates the stream and buckets, retrying while JetStream is not
-// ready yet.
-func ensure(ctx context.Context, js jetstream.JetStream) error {
+// connectionEvents logs the connection's losses, reconnections and
+// asynchronous errors (such as a denied permission).
+func connectionEvents(log *slog.Logger) []nats.Option {
+	return []nats.Option{
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats connection lost; reconnecting", slog.Any("error", err))
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("nats reconnected", slog.String("server", nc.ConnectedServerName()), slog.String("url", nc.ConnectedUrlRedacted()))
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			log.Warn("nats error", slog.String("subject", subject), slog.Any("error", err))
+		}),
+	}
+}
+
+// ensure creates or updates the stream, buckets and object stores with the
+// configured replication (see Config.Replicas), retrying while JetStream is
+// not ready yet (a new cluster takes a few seconds to elect its leader).
+func (a *App) ensure(ctx context.Context) error {
+	replicas, auto := a.cfg.Replicas, a.cfg.Replicas == 0
+	if auto {
+		// A client cannot see how many servers a cluster's JetStream has
+		// (that takes the system account), and the URLs a cluster
+		// advertises are not one per server. So: ask a cluster for three
+		// and let its placement refuse.
+		replicas = 1
+		if a.srv == nil && a.nc.ConnectedClusterName() != "" {
+			replicas = 3
+		}
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := events.Ensure(cctx, js, 1)
+		err := events.Ensure(cctx, a.js, replicas)
 		cancel()
-		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+		switch {
+		case err == nil:
+			a.log.InfoContext(ctx, "event store ready", slog.Int("replicas", replicas), slog.Bool("auto", auto))
+			return nil
+		case auto && replicas > 1 && tooFewServers(err):
+			a.log.WarnContext(ctx, "the nats cluster cannot place 3 replicas; using 1 (--replicas sets it)", slog.Any("error", err))
+			replicas = 1
+			continue
+		case time.Now().After(deadline) || ctx.Err() != nil:
 			return err
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// tooFewServers reports whether JetStream refused a replication for lack of
+// servers: no suitable peers for placement (10005), or replicas on a
+// server that is not clustered (10074).
+func tooFewServers(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == 10005 || apiErr.ErrorCode == 10074)
 }
 
 func (a *App) startEmbedded() error {
