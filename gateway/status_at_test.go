@@ -54,9 +54,8 @@ func TestStatusAt(t *testing.T) {
 	// A snapshot between the two points, then more history.
 	st, err := projections.FoldTo(t.Context(), b.srv.JS, nil, projections.Target{})
 	require.NoError(t, err)
-	data, err := st.MarshalSnapshot()
+	_, err = snaps.SaveState(t.Context(), st)
 	require.NoError(t, err)
-	require.NoError(t, snaps.Save(t.Context(), projections.SnapshotInfo{Version: projections.SnapshotVersion, Seq: st.Seq, StoredAt: st.StoredAt}, data))
 	b.propose(t, &events.StartFailed{TaskID: first.UUID, Attempt: 1, NodeID: "n1", Error: "no such image"})
 	b.propose(t, &events.TaskFailed{TaskID: first.UUID, Attempt: 1, Error: "no such image"})
 	b.submit(t, task("third", "gpu", nil))

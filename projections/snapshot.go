@@ -71,6 +71,11 @@ func encodeSnapshot(snap snapshot) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// snapshotInfo describes a snapshot of the state as it is now.
+func (s *State) snapshotInfo() SnapshotInfo {
+	return SnapshotInfo{Version: SnapshotVersion, Seq: s.Seq, StoredAt: s.StoredAt}
+}
+
 // ErrSnapshotVersion is returned for a snapshot written by another version
 // of the fold.
 var ErrSnapshotVersion = errors.New("snapshot version not supported")

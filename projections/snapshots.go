@@ -69,6 +69,16 @@ func (s *Snapshots) Save(ctx context.Context, info SnapshotInfo, data []byte) er
 // stream is still being placed on a cluster (nats.go 1.55.0).
 const listAttempt = 2 * time.Second
 
+// SaveState encodes a state and saves it as a snapshot at its sequence; it
+// returns the snapshot's size. The caller must hold the state still.
+func (s *Snapshots) SaveState(ctx context.Context, st *State) (int, error) {
+	data, err := st.MarshalSnapshot()
+	if err != nil {
+		return 0, err
+	}
+	return len(data), s.Save(ctx, st.snapshotInfo(), data)
+}
+
 // List returns the stored snapshots of this fold version, oldest first.
 func (s *Snapshots) List(ctx context.Context) ([]SnapshotInfo, error) {
 	var (

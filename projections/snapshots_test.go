@@ -58,9 +58,8 @@ func takeSnapshot(t *testing.T, srv *natstest.Server, snaps *Snapshots) *State {
 	t.Helper()
 	st, err := FoldTo(t.Context(), srv.JS, nil, Target{})
 	require.NoError(t, err)
-	data, err := st.MarshalSnapshot()
+	_, err = snaps.SaveState(t.Context(), st)
 	require.NoError(t, err)
-	require.NoError(t, snaps.Save(t.Context(), SnapshotInfo{Version: SnapshotVersion, Seq: st.Seq, StoredAt: st.StoredAt}, data))
 	return st
 }
 

@@ -129,7 +129,7 @@ func (s *Snapshotter) Take(ctx context.Context) (SnapshotInfo, error) {
 		err  error
 	)
 	s.replica.Read(func(st *State) {
-		info = SnapshotInfo{Version: SnapshotVersion, Seq: st.Seq, StoredAt: st.StoredAt}
+		info = st.snapshotInfo()
 		data, err = st.MarshalSnapshot()
 	})
 	if err != nil {

@@ -259,10 +259,6 @@ func snapshot(ctx context.Context, open func() (*app.App, error)) (int, time.Dur
 		return 0, 0, err
 	}
 	start := time.Now()
-	data, err := st.MarshalSnapshot()
-	if err != nil {
-		return 0, 0, err
-	}
-	err = store.Snapshots().Save(ctx, projections.SnapshotInfo{Version: projections.SnapshotVersion, Seq: st.Seq, StoredAt: st.StoredAt}, data)
-	return len(data), time.Since(start), err
+	size, err := store.Snapshots().SaveState(ctx, st)
+	return size, time.Since(start), err
 }
