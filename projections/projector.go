@@ -40,6 +40,11 @@ type Projector struct {
 	// revs holds the revision of every key this projector wrote last, so
 	// that its next write of the key is a compare-and-set without a read.
 	revs map[string]uint64
+	// offered holds the execution types some node had slots of when the
+	// views were last written; nil before the first write. A waiting
+	// task's view says when no node offers its type, so a change of this
+	// set changes the views of the tasks queued for the types it touches.
+	offered map[string]bool
 }
 
 // NewProjector opens the buckets and returns a projector.
@@ -245,6 +250,7 @@ func (p *Projector) project(ctx context.Context, last uint64) (uint64, error) {
 		err          error
 		tasks, nodes = map[string]bool{}, map[string]bool{}
 		rewrite      bool
+		offered      map[string]bool
 	)
 	now := p.cfg.Now()
 	p.cfg.Replica.ReadSince(last, func(s *State, applied []Applied, complete bool) {
@@ -252,9 +258,30 @@ func (p *Projector) project(ctx context.Context, last uint64) (uint64, error) {
 		if head == last {
 			return
 		}
+		offered = s.offeredTypes()
 		if complete {
 			for _, a := range applied {
 				p.markDirty(s, a, tasks, nodes)
+			}
+			// A task's view names its slot after the node and the slot's
+			// place on it, which node events change (a registration
+			// renames every node).
+			for id := range nodes {
+				if n, ok := s.Nodes[id]; ok {
+					for _, sl := range n.Slots {
+						if sl.Status != SlotAvailable && sl.TaskID != "" {
+							tasks[sl.TaskID] = true
+						}
+					}
+				}
+			}
+			for _, typ := range s.QueuedTypes() {
+				if p.offered != nil && p.offered[typ] == offered[typ] {
+					continue
+				}
+				for _, t := range s.Queue(typ) {
+					tasks[t.ID] = true
+				}
 			}
 		} else {
 			for id := range s.Tasks {
@@ -299,11 +326,12 @@ func (p *Projector) project(ctx context.Context, last uint64) (uint64, error) {
 	if err := p.advanceCheckpoint(ctx, head); err != nil {
 		return last, fmt.Errorf("writing projector checkpoint: %w", err)
 	}
+	p.offered = offered
 	return head, nil
 }
 
 // markDirty records which views an accepted event changed. A change of a
-// task's slot changes its node's view too, and the reverse.
+// task's slot changes its node's view too; project adds the reverse.
 func (p *Projector) markDirty(s *State, a Applied, tasks, nodes map[string]bool) {
 	if !a.Outcome.Accepted {
 		return

@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -73,4 +74,61 @@ func bucketContents(t *testing.T, js jetstream.JetStream) map[string]string {
 		}
 	}
 	return out
+}
+
+// projectorSteps returns a function that appends an event, projects it and
+// returns the view of task t1 as written.
+func projectorSteps(t *testing.T) (*natstest.Server, func(key string, pl events.Payload) TaskView) {
+	t.Helper()
+	b := setupReplica(t)
+	p, err := NewProjector(t.Context(), ProjectorConfig{JetStream: b.srv.JS, Replica: b.replica})
+	require.NoError(t, err)
+	kv, err := b.srv.JS.KeyValue(t.Context(), events.BucketTasks)
+	require.NoError(t, err)
+	var last uint64
+	return b.srv, func(key string, pl events.Payload) TaskView {
+		t.Helper()
+		ack := appendOne(t, b.srv, key, pl)
+		out, err := b.replica.WaitSeq(t.Context(), ack.Seq)
+		require.NoError(t, err)
+		require.True(t, out.Accepted, "%s: %+v", key, out)
+		last, err = p.project(t.Context(), last)
+		require.NoError(t, err)
+		require.Equal(t, ack.Seq, last)
+		e, err := kv.Get(t.Context(), "t1")
+		require.NoError(t, err)
+		var v TaskView
+		require.NoError(t, json.Unmarshal(e.Value(), &v))
+		return v
+	}
+}
+
+// TestWaitingViewsFollowTheOfferedTypes: a waiting task's view says when no
+// node offers its execution type. Node events change that without touching
+// the task, and the view must follow both ways.
+func TestWaitingViewsFollowTheOfferedTypes(t *testing.T) {
+	t.Parallel()
+	srv, step := projectorSteps(t)
+	appendOne(t, srv, "n1:reg", node("n1", "tcp://a:2375", map[string]int{"cpu": 1}))
+	require.NotNil(t, step("t1:sub", submit("t1", "io", 3)).Error, "nothing offers io")
+	require.Nil(t, step("n1:io", &events.NodeUpdated{NodeID: "n1", Slots: map[string]int{"cpu": 1, "io": 1}}).Error, "n1 offers io now")
+	require.Nil(t, step("n1:up", &events.NodeUp{NodeID: "n1"}).Error)
+	require.NotNil(t, step("n1:cpu", &events.NodeUpdated{NodeID: "n1", Slots: map[string]int{"cpu": 1}}).Error, "io gone again")
+	require.Equal(t, TaskWaiting, step("n1:drain", &events.NodeAcceptanceChanged{NodeID: "n1"}).Status)
+}
+
+// TestSlotViewsFollowNodeNames: a running task's view names its slot after
+// the node, and a registration renames every node.
+func TestSlotViewsFollowNodeNames(t *testing.T) {
+	t.Parallel()
+	srv, step := projectorSteps(t)
+	appendOne(t, srv, "n1:reg", node("n1", "tcp://b:2375", map[string]int{"cpu": 1}))
+	appendOne(t, srv, "n1:up", &events.NodeUp{NodeID: "n1"})
+	step("t1:sub", submit("t1", "cpu", 3))
+	v := step("t1:res", reserve("t1", 1, "n1", "cpu-1"))
+	require.NotNil(t, v.Slot)
+	require.Equal(t, "n001d-s01-cpu", v.Slot.Name)
+	v = step("n2:reg", node("n2", "tcp://a:2375", map[string]int{"cpu": 1}))
+	require.NotNil(t, v.Slot)
+	require.Equal(t, "n002d-s01-cpu", v.Slot.Name, "n1 sorts after n2 now")
 }

@@ -147,6 +147,19 @@ func (s *State) NewTaskView(t *Task, now time.Time) TaskView {
 	return v
 }
 
+// offeredTypes returns the execution types some node has slots of.
+func (s *State) offeredTypes() map[string]bool {
+	types := map[string]bool{}
+	for _, n := range s.Nodes {
+		for typ, k := range n.SlotsWanted {
+			if k > 0 {
+				types[typ] = true
+			}
+		}
+	}
+	return types
+}
+
 // offers reports whether any node has slots of an execution type.
 func (s *State) offers(executionType string) bool {
 	for _, n := range s.Nodes {
