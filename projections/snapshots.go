@@ -1,11 +1,13 @@
 package projections
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -152,19 +154,32 @@ func (s *Snapshots) Load(ctx context.Context, target Target) (*State, error) {
 			s.log.WarnContext(ctx, "ignoring snapshot that does not match the log", slog.Uint64("seq", info.Seq), slog.Any("error", err))
 			continue
 		}
-		data, err := s.store.GetBytes(ctx, events.SnapshotObjectName(info.Seq))
+		st, err := s.read(ctx, info.Seq)
 		if err != nil {
 			s.log.WarnContext(ctx, "ignoring unreadable snapshot", slog.Uint64("seq", info.Seq), slog.Any("error", err))
-			continue
-		}
-		st, err := RestoreSnapshot(data)
-		if err != nil {
-			s.log.WarnContext(ctx, "ignoring undecodable snapshot", slog.Uint64("seq", info.Seq), slog.Any("error", err))
 			continue
 		}
 		return st, nil
 	}
 	return nil, nil
+}
+
+// read decodes a snapshot while its chunks arrive, then reads the object to
+// its end, where the object store checks the digest of the whole.
+func (s *Snapshots) read(ctx context.Context, seq uint64) (*State, error) {
+	obj, err := s.store.Get(ctx, events.SnapshotObjectName(seq))
+	if err != nil {
+		return nil, err
+	}
+	defer obj.Close()
+	st, err := DecodeSnapshot(bufio.NewReaderSize(obj, 1<<20))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.Copy(io.Discard, obj); err != nil {
+		return nil, fmt.Errorf("reading snapshot: %w", err)
+	}
+	return st, nil
 }
 
 // Prune deletes all but the newest keep snapshots.

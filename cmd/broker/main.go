@@ -191,11 +191,18 @@ func (b *benchLifecyclesCmd) Run(ctx context.Context, log *slog.Logger) error {
 type benchReplayCmd struct {
 	Events  int    `name:"events" default:"1000000" help:"Length of the log to build."`
 	Runs    int    `name:"runs" default:"3" help:"How often each start-up is measured."`
-	DataDir string `name:"data-dir" help:"Directory of the store (default: a temporary one, removed at the end)."`
+	DataDir string        `name:"data-dir" help:"Directory of the store (default: a temporary one, removed at the end)."`
+	Settle  time.Duration `name:"settle" default:"2m" help:"Wait after writing the log before the start-ups: a NATS server reloads the message ids of the last 2m (the duplicate window) when it starts. 0 for no wait."`
 }
 
 func (b *benchReplayCmd) Run(ctx context.Context, log *slog.Logger) error {
-	res, err := bench.Replay(ctx, bench.ReplayConfig{Events: b.Events, Runs: b.Runs, DataDir: b.DataDir, Logger: quiet(ctx, log)})
+	settle := b.Settle
+	if settle == 0 {
+		settle = -1 // no wait
+	} else {
+		fmt.Fprintf(os.Stderr, "the start-ups wait %s after the log is written (--settle)\n", settle)
+	}
+	res, err := bench.Replay(ctx, bench.ReplayConfig{Events: b.Events, Runs: b.Runs, DataDir: b.DataDir, Settle: settle, Logger: quiet(ctx, log)})
 	if err != nil {
 		return err
 	}

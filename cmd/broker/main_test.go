@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -207,4 +209,22 @@ func TestWebhookSecretFromTheEnvironment(t *testing.T) {
 	p = serve(t, append(env, "CB_WEBHOOK_SECRET=from-the-environment"), "--data-dir", t.TempDir(), "--nats-listen", "none")
 	require.Equal(t, http.StatusOK, p.call(t, http.MethodPost, "/tasks", hooked, nil))
 	p.stop(t)
+}
+
+// TestBenchReplay runs the replay benchmark on a short log: its figures are
+// there and the fold caught up with every event written.
+func TestBenchReplay(t *testing.T) {
+	t.Parallel()
+	out := string(run(t, "bench", "replay", "--events", "3000", "--runs", "1", "--settle", "0"))
+	for _, want := range []string{
+		"replay (median of 1):", "startup without snapshot (median of 1):", "snapshot: ",
+		"startup with snapshot (median of 1):", "fold from snapshot",
+	} {
+		require.Contains(t, out, want)
+	}
+	m := regexp.MustCompile(`events: (\d+) events`).FindStringSubmatch(out)
+	require.NotNil(t, m, out)
+	n, err := strconv.Atoi(m[1])
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, n, 3000)
 }
