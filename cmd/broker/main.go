@@ -189,8 +189,8 @@ func (b *benchLifecyclesCmd) Run(ctx context.Context, log *slog.Logger) error {
 }
 
 type benchReplayCmd struct {
-	Events  int    `name:"events" default:"1000000" help:"Length of the log to build."`
-	Runs    int    `name:"runs" default:"3" help:"How often each start-up is measured."`
+	Events  int           `name:"events" default:"1000000" help:"Length of the log to build."`
+	Runs    int           `name:"runs" default:"3" help:"How often each start-up is measured."`
 	DataDir string        `name:"data-dir" help:"Directory of the store (default: a temporary one, removed at the end)."`
 	Settle  time.Duration `name:"settle" default:"2m" help:"Wait after writing the log before the start-ups: a NATS server reloads the message ids of the last 2m (the duplicate window) when it starts. 0 for no wait."`
 }
