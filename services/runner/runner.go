@@ -473,6 +473,28 @@ func (r *Runner) wait(ctx context.Context, rt runtime.Runtime, j job, c runtime.
 	}
 }
 
+// archiveFor bounds how long a runner retries storing an attempt's logs: a
+// cluster elects a new leader for the log store within seconds of losing
+// one (measured 4.5-6.5 s).
+const archiveFor = 30 * time.Second
+
+// archive stores an attempt's logs, retrying (the object is named by task
+// and attempt, so a retry overwrites a partial put) while the log store
+// does not answer, for archiveFor at most.
+func (r *Runner) archive(ctx context.Context, name string, logs []byte, log *slog.Logger) error {
+	deadline := time.Now().Add(archiveFor)
+	for {
+		_, err := r.obs.PutBytes(ctx, name, logs)
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		log.WarnContext(ctx, "archiving container logs; retrying", slog.Any("error", err))
+		if !actor.Sleep(ctx, r.cfg.RetryDelay) {
+			return ctx.Err()
+		}
+	}
+}
+
 // finish archives the attempt's logs, reports the exit and removes the
 // container, in that order, so that a reported exit always has its logs.
 func (r *Runner) finish(ctx context.Context, rt runtime.Runtime, j job, exit runtime.Exit, log *slog.Logger) {
@@ -482,8 +504,8 @@ func (r *Runner) finish(ctx context.Context, rt runtime.Runtime, j job, exit run
 	}
 	if len(logs) > 0 {
 		name := events.LogObjectName(j.key.task, j.key.attempt)
-		if _, err := r.obs.PutBytes(ctx, name, logs); err != nil {
-			log.ErrorContext(ctx, "archiving container logs", slog.Any("error", err))
+		if err := r.archive(ctx, name, logs, log); err != nil {
+			log.ErrorContext(ctx, "archiving container logs; reporting the exit without them", slog.Any("error", err))
 		} else if err := r.propose(ctx, j, &events.LogsArchived{
 			TaskID: j.key.task, Attempt: j.key.attempt,
 			Object: name, Bytes: int64(len(logs)), Truncated: truncated,

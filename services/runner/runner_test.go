@@ -2,6 +2,7 @@ package runner_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -145,6 +146,39 @@ func TestRunner(t *testing.T) {
 		// in no guaranteed order.
 		require.ElementsMatch(t, []string{"out", "err"}, strings.Fields(string(logs)))
 		require.Eventually(t, func() bool { return len(dockertest.Containers(t, b.engine, b.broker)) == 0 }, 10*time.Second, 50*time.Millisecond)
+	})
+
+	t.Run("ArchivingLogsOutlastsALogStoreOutage", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.startRunner(t)
+		id, name := b.reserve(t, "sleep 1; echo kept")
+		b.waitTask(t, id, running)
+		// The log store goes away (as while a cluster elects its leader)
+		// before the container exits, and comes back a while after.
+		require.NoError(t, b.srv.JS.DeleteObjectStore(t.Context(), events.ObjectStoreLogs))
+		require.Eventually(t, func() bool {
+			for _, c := range dockertest.TaskContainers(t, b.engine, id) {
+				if slices.Contains(c.Names, "/"+name) && c.State == "exited" {
+					return true
+				}
+			}
+			return false
+		}, 30*time.Second, 50*time.Millisecond)
+		time.Sleep(time.Second) // ten retries
+		var exited bool
+		b.replica.Read(func(s *projections.State) { exited = s.Tasks[id].AttemptEnded })
+		require.False(t, exited, "the exit waits for its logs")
+		_, err := b.srv.JS.CreateObjectStore(t.Context(), events.ObjectStoreConfigs(1)[0])
+		require.NoError(t, err)
+		b.waitTask(t, id, ended)
+		require.Equal(t, []events.Type{
+			events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskContainerStarted,
+			events.TypeTaskLogsArchived, events.TypeTaskContainerExited,
+		}, b.history(t, id))
+		logs, err := (&runner.LogReader{Replica: b.replica, JS: b.srv.JS, Runtimes: runtime.Set{b.rt}}).TaskLogs(t.Context(), id)
+		require.NoError(t, err)
+		require.Equal(t, "kept\n", string(logs))
 	})
 
 	t.Run("LiveLogsWhileRunning", func(t *testing.T) {
