@@ -20,7 +20,7 @@ import (
 	"github.com/cbroker/broker/projections"
 )
 
-// cluster is a few broker processes sharing one NATS JetStream.
+// cluster is a few broker processes sharing one NATS JetStream cluster.
 type cluster struct {
 	t       *testing.T
 	js      jetstream.JetStream
@@ -116,8 +116,9 @@ func (c *cluster) exactlyOnce(ids []string) {
 	}
 }
 
-// TestBrokersSurviveTheLossOfOne runs two broker processes on one JetStream
-// and two Docker engines. It kills (SIGKILL) the one running the scheduler:
+// TestBrokersSurviveTheLossOfOne runs two broker processes on a three-server
+// JetStream cluster (in the test process; R3 streams, buckets and object
+// stores) and two Docker engines. It kills (SIGKILL) the one running the scheduler:
 // the other takes the lease over and runs the tasks. Then, with both running
 // again and a node each, it kills the one owning a node while containers run
 // there: the other takes the node over and adopts the running containers
@@ -125,11 +126,15 @@ func (c *cluster) exactlyOnce(ids []string) {
 func TestBrokersSurviveTheLossOfOne(t *testing.T) {
 	t.Parallel()
 	es := dockertest.Engines(t, 2)
-	srv := natstest.Run(t, "")
-	c := &cluster{t: t, js: srv.JS, url: srv.Server.ClientURL()}
+	servers := natstest.Cluster(t, 3)
+	_, js := servers.Connect()
+	c := &cluster{t: t, js: js, url: servers.URLs()}
 	c.start()
 	c.start()
-	meta, err := srv.JS.KeyValue(t.Context(), events.BucketMeta)
+	info, err := js.Stream(t.Context(), events.StreamName)
+	require.NoError(t, err)
+	require.Equal(t, 3, info.CachedInfo().Config.Replicas)
+	meta, err := js.KeyValue(t.Context(), events.BucketMeta)
 	require.NoError(t, err)
 	e, err := meta.Get(t.Context(), events.KeyBrokerID)
 	require.NoError(t, err)
