@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -122,7 +125,9 @@ func (c *cluster) exactlyOnce(ids []string) {
 // the other takes the lease over and runs the tasks. Then, with both running
 // again and a node each, it kills the one owning a node while containers run
 // there: the other takes the node over and adopts the running containers
-// (they are not started again). Every task ends exactly once.
+// (they are not started again). Last, with both running, it kills the NATS
+// server leading the event stream while both take submissions: none is
+// lost. Every task ends exactly once, each container started once.
 func TestBrokersSurviveTheLossOfOne(t *testing.T) {
 	t.Parallel()
 	es := dockertest.Engines(t, 2)
@@ -197,20 +202,90 @@ func TestBrokersSurviveTheLossOfOne(t *testing.T) {
 		require.Equal(t, http.StatusOK, survivor.call(t, http.MethodGet, "/tasks/"+id+"/logs", "", &logs))
 		require.Equal(t, "done\n", logs["logs"])
 	}
-	c.exactlyOnce(append(ids, long...))
 	// Docker started each container once: adopted, not restarted.
+	requireStartedOnce(t, es, string(e.Value()), start, long)
+
+	// Both again; the server leading the event stream dies while both
+	// gateways take submissions.
+	gateways := []*process{survivor, c.start()}
+	leader := servers.StreamLeader(events.StreamName)
+	start = time.Now()
+	var (
+		mu    sync.Mutex
+		burst []string
+		errs  []error
+		wg    sync.WaitGroup
+	)
+	for i := range 12 {
+		wg.Go(func() {
+			id, err := trySubmit(gateways[i%2], fmt.Sprintf("burst-%d", i), "sleep 1; echo ok")
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			burst = append(burst, id)
+		})
+		if i == 4 {
+			servers.Kill(leader)
+			killed = time.Now()
+			t.Logf("killed %s, the leader of %s", servers.Name(leader), events.StreamName)
+		}
+	}
+	wg.Wait()
+	t.Logf("every submission answered %v after the kill", time.Since(killed).Round(time.Millisecond))
+	require.Empty(t, errs)
+	require.Len(t, burst, 12, "every submission accepted")
+	for _, id := range burst {
+		require.Equal(t, "completed", c.wait(survivor, id, "completed", "failed")["status"], "task %s", id)
+	}
+	c.exactlyOnce(append(append(ids, long...), burst...))
+	requireStartedOnce(t, es, string(e.Value()), start, burst)
+}
+
+// trySubmit submits a task from any goroutine.
+func trySubmit(p *process, name, cmd string) (string, error) {
+	body := fmt.Sprintf(`{"name":%q,"image":%q,"cmd":%q,"execution_type":"cpu"}`, name, dockertest.Image, cmd)
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, p.base+"/tasks", strings.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var tk struct {
+		UUID  string `json:"uuid"`
+		Error string `json:"error"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&tk); err != nil {
+		return "", fmt.Errorf("%s: %d: %w", name, resp.StatusCode, err)
+	}
+	if resp.StatusCode != http.StatusOK || tk.UUID == "" {
+		return "", fmt.Errorf("%s: %d %s", name, resp.StatusCode, tk.Error)
+	}
+	return tk.UUID, nil
+}
+
+// requireStartedOnce checks from Docker's events that each task of a broker
+// had one container, started once, since a time.
+func requireStartedOnce(t *testing.T, es []dockertest.Engine, brokerID string, since time.Time, tasks []string) {
+	t.Helper()
 	started := map[string]int{}
 	for _, eng := range es {
 		out, err := exec.CommandContext(t.Context(), "docker", "-H", eng.Hostname, "events",
-			"--since", start.Format(time.RFC3339Nano), "--until", time.Now().Format(time.RFC3339Nano),
-			"--filter", "event=start", "--filter", "label=io.cbroker.broker="+string(e.Value()),
+			"--since", since.Format(time.RFC3339Nano), "--until", time.Now().Format(time.RFC3339Nano),
+			"--filter", "event=start", "--filter", "label=io.cbroker.broker="+brokerID,
 			"--format", "{{.Actor.Attributes.name}}").Output()
 		require.NoError(t, err)
 		for name := range strings.FieldsSeq(string(out)) {
 			started[name]++
 		}
 	}
-	require.Len(t, started, 4)
+	require.Len(t, started, len(tasks))
 	for name, n := range started {
 		require.Equal(t, 1, n, "container %s started %d times", name, n)
 	}
