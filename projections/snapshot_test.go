@@ -172,16 +172,13 @@ func TestRestoreSnapshotRejectsBadInput(t *testing.T) {
 
 func TestSnapshotKeepsTimelines(t *testing.T) {
 	t.Parallel()
-	s := NewState()
-	for i, p := range []events.Payload{
+	s := stateOf(t,
 		node("n1", "tcp://a:1", map[string]int{"cpu": 1}),
 		&events.NodeUp{NodeID: "n1"},
 		submit("t1", "cpu", 1),
 		reserve("t1", 1, "n1", "cpu-1"),
 		reserve("t1", 1, "n1", "cpu-1"), // rejected: kept in the timeline
-	} {
-		s.Apply(envelope(t, uint64(i+1), p))
-	}
+	)
 	data, err := s.MarshalSnapshot()
 	require.NoError(t, err)
 	r, err := RestoreSnapshot(data)
@@ -259,16 +256,13 @@ func TestSnapshotAcrossSegments(t *testing.T) {
 // hardened against crafted input; the checksums keep what the fuzzer makes
 // from reaching it, as they keep damaged snapshots.)
 func FuzzDecodeSnapshot(f *testing.F) {
-	s := NewState()
-	for i, p := range []events.Payload{
+	s := stateOf(f,
 		node("n1", "tcp://a:1", map[string]int{"cpu": 1}),
 		&events.NodeUp{NodeID: "n1"},
 		submit("t1", "cpu", 1),
 		reserve("t1", 1, "n1", "cpu-1"),
 		submit("t2", "io", 1),
-	} {
-		s.Apply(envelope(f, uint64(i+1), p))
-	}
+	)
 	data, err := s.MarshalSnapshot()
 	require.NoError(f, err)
 	f.Add(data)
@@ -280,4 +274,13 @@ func FuzzDecodeSnapshot(f *testing.F) {
 			require.NotNil(t, st)
 		}
 	})
+}
+
+// stateOf folds payloads, numbered from 1, into a new state.
+func stateOf(t require.TestingT, ps ...events.Payload) *State {
+	s := NewState()
+	for i, p := range ps {
+		s.Apply(envelope(t, uint64(i+1), p))
+	}
+	return s
 }

@@ -120,6 +120,13 @@ func (b *bundle) history(t *testing.T, id string) []events.Type {
 	return types
 }
 
+// ranAndArchived is the history of a task whose attempt ran, archived its
+// logs and exited.
+var ranAndArchived = []events.Type{
+	events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskContainerStarted,
+	events.TypeTaskLogsArchived, events.TypeTaskContainerExited,
+}
+
 func ended(tk *projections.Task) bool { return tk.AttemptEnded }
 
 func running(tk *projections.Task) bool { return tk.Status == projections.TaskStarted }
@@ -135,10 +142,7 @@ func TestRunner(t *testing.T) {
 		task := b.waitTask(t, id, ended)
 		require.Equal(t, new(4), task.ExitCode)
 		require.False(t, task.StartedAt.IsZero())
-		require.Equal(t, []events.Type{
-			events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskContainerStarted,
-			events.TypeTaskLogsArchived, events.TypeTaskContainerExited,
-		}, b.history(t, id))
+		require.Equal(t, ranAndArchived, b.history(t, id))
 
 		logs, err := (&runner.LogReader{Replica: b.replica, JS: b.srv.JS, Runtimes: runtime.Set{b.rt}}).TaskLogs(t.Context(), id)
 		require.NoError(t, err)
@@ -172,10 +176,7 @@ func TestRunner(t *testing.T) {
 		_, err := b.srv.JS.CreateObjectStore(t.Context(), events.ObjectStoreConfigs(1)[0])
 		require.NoError(t, err)
 		b.waitTask(t, id, ended)
-		require.Equal(t, []events.Type{
-			events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskContainerStarted,
-			events.TypeTaskLogsArchived, events.TypeTaskContainerExited,
-		}, b.history(t, id))
+		require.Equal(t, ranAndArchived, b.history(t, id))
 		logs, err := (&runner.LogReader{Replica: b.replica, JS: b.srv.JS, Runtimes: runtime.Set{b.rt}}).TaskLogs(t.Context(), id)
 		require.NoError(t, err)
 		require.Equal(t, "kept\n", string(logs))
@@ -211,10 +212,7 @@ func TestRunner(t *testing.T) {
 		b.startRunner(t)
 		task := b.waitTask(t, id, ended)
 		require.Equal(t, new(0), task.ExitCode)
-		require.Equal(t, []events.Type{
-			events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskContainerStarted,
-			events.TypeTaskLogsArchived, events.TypeTaskContainerExited,
-		}, b.history(t, id))
+		require.Equal(t, ranAndArchived, b.history(t, id))
 	})
 
 	t.Run("AdoptsARunningContainerAfterARestart", func(t *testing.T) {
