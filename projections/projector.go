@@ -40,11 +40,21 @@ type Projector struct {
 	// revs holds the revision of every key this projector wrote last, so
 	// that its next write of the key is a compare-and-set without a read.
 	revs map[string]uint64
+	// created lists the keys this pass created (they did not exist, or had
+	// been deleted), for settle.
+	created []createdKey
 	// offered holds the execution types some node had slots of when the
 	// views were last written; nil before the first write. A waiting
 	// task's view says when no node offers its type, so a change of this
 	// set changes the views of the tasks queued for the types it touches.
 	offered map[string]bool
+}
+
+// createdKey is a key a projector created, at its revision.
+type createdKey struct {
+	kv  jetstream.KeyValue
+	key string
+	rev uint64
 }
 
 // NewProjector opens the buckets and returns a projector.
@@ -204,6 +214,7 @@ func (p *Projector) write(ctx context.Context, v view, seq uint64) error {
 				return err
 			}
 			p.revs[id] = rev
+			p.created = append(p.created, createdKey{kv: v.kv, key: v.key, rev: rev})
 			return nil
 		case err != nil:
 			return err
@@ -318,6 +329,7 @@ func (p *Projector) project(ctx context.Context, last uint64) (uint64, error) {
 			}
 		}
 	}
+	p.created = p.created[:0]
 	for _, v := range views {
 		if err := p.write(ctx, v, head); err != nil {
 			return last, fmt.Errorf("writing view %s: %w", v.key, err)
@@ -326,8 +338,64 @@ func (p *Projector) project(ctx context.Context, last uint64) (uint64, error) {
 	if err := p.advanceCheckpoint(ctx, head); err != nil {
 		return last, fmt.Errorf("writing projector checkpoint: %w", err)
 	}
+	if err := p.settle(ctx, head, views); err != nil {
+		return last, err
+	}
 	p.offered = offered
 	return head, nil
+}
+
+// settle closes the window between a projector's look at the checkpoint
+// and its writes, when two projectors run at once (a standby taking over, a
+// lease lost during a pause). Compare-and-set on view_seq keeps every view
+// that exists from going back in time, but a deleted key has no view_seq:
+// a projector behind another could create again the view of a task the
+// other deleted. Both sides check after writing, so that whichever order
+// their writes and checkpoints take, the view ends deleted:
+//   - a projector that finds the checkpoint ahead of its fold deletes the
+//     keys it created in this pass, unless someone wrote them since (the
+//     projector ahead wrote every view its fold has; a key it did not write
+//     is one it deleted);
+//   - a projector that deleted views deletes again any of them written
+//     since from an older fold.
+//
+// Task ids never come back once deleted; node ids do (a hostname registered
+// again), and a view from a newer fold is never deleted here.
+func (p *Projector) settle(ctx context.Context, head uint64, views []view) error {
+	if len(p.created) > 0 {
+		ahead, _, err := p.readCheckpoint(ctx)
+		if err != nil {
+			return err
+		}
+		if ahead > head {
+			for _, c := range p.created {
+				err := c.kv.Delete(ctx, c.key, jetstream.LastRevision(c.rev))
+				if err != nil && !conflict(err) {
+					return fmt.Errorf("withdrawing view %s: %w", c.key, err)
+				}
+				delete(p.revs, c.kv.Bucket()+"/"+c.key)
+			}
+		}
+	}
+	for _, v := range views {
+		if v.body != nil {
+			continue
+		}
+		e, err := v.kv.Get(ctx, v.key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("checking deleted view %s: %w", v.key, err)
+		}
+		if viewSeq(e.Value()) < head {
+			err := v.kv.Delete(ctx, v.key, jetstream.LastRevision(e.Revision()))
+			if err != nil && !conflict(err) {
+				return fmt.Errorf("deleting view %s again: %w", v.key, err)
+			}
+		}
+	}
+	return nil
 }
 
 // markDirty records which views an accepted event changed. A change of a

@@ -2,6 +2,7 @@ package projections
 
 import (
 	"encoding/json"
+	"strconv"
 	"testing"
 	"time"
 
@@ -56,6 +57,73 @@ func TestProjectorsNeverWriteOlderViews(t *testing.T) {
 
 	// The views are the newer projector's.
 	require.Equal(t, head.Seq, viewSeq([]byte(before["cb_tasks/t1"])))
+}
+
+// TestDeletedViewsStayDeleted: a projector behind another, past its look at
+// the checkpoint, writes the view of a task the other deleted. Whether it
+// writes after the other's checkpoint or between the other's delete and
+// checkpoint, the view ends deleted, and nothing else changes.
+func TestDeletedViewsStayDeleted(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		// between runs after the newer projector deleted the view and
+		// before it moves the checkpoint.
+		between bool
+	}{{"AfterTheCheckpoint", false}, {"BeforeTheCheckpoint", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := natstest.Run(t, "")
+			appendNode(t, srv)
+			appendLifecycles(t, srv, 0, 3)
+			mid, err := FoldTo(t.Context(), srv.JS, nil, Target{})
+			require.NoError(t, err)
+			appendOne(t, srv, "t0:del", &events.TaskDeleted{TaskID: "t0"})
+			head, err := FoldTo(t.Context(), srv.JS, nil, Target{})
+			require.NoError(t, err)
+			now := func() time.Time { return t0 }
+			newer, err := NewProjector(t.Context(), ProjectorConfig{JetStream: srv.JS, Replica: replicaOf(head), Now: now})
+			require.NoError(t, err)
+			stale, err := NewProjector(t.Context(), ProjectorConfig{JetStream: srv.JS, Replica: replicaOf(mid), Now: now})
+			require.NoError(t, err)
+			// Both wrote every view at mid.
+			_, err = stale.project(t.Context(), 0)
+			require.NoError(t, err)
+			require.Contains(t, bucketContents(t, srv.JS), "cb_tasks/t0")
+
+			// The newer one deletes t0's view.
+			views, err := newer.render(head, t0, map[string]bool{"t0": true}, nil)
+			require.NoError(t, err)
+			for _, v := range views {
+				require.NoError(t, newer.write(t.Context(), v, head.Seq))
+			}
+			require.NotContains(t, bucketContents(t, srv.JS), "cb_tasks/t0")
+			// The stale one writes it again: the window.
+			resurrect := func() {
+				stale.created = stale.created[:0]
+				old, err := stale.render(mid, t0, map[string]bool{"t0": true, "t1": true}, nil)
+				require.NoError(t, err)
+				for _, v := range old {
+					require.NoError(t, stale.write(t.Context(), v, mid.Seq))
+				}
+				require.Contains(t, bucketContents(t, srv.JS), "cb_tasks/t0")
+			}
+			if tc.between {
+				resurrect()
+			}
+			require.NoError(t, newer.advanceCheckpoint(t.Context(), head.Seq))
+			require.NoError(t, newer.settle(t.Context(), head.Seq, views))
+			if !tc.between {
+				resurrect()
+			}
+			require.NoError(t, stale.settle(t.Context(), mid.Seq, nil))
+			after := bucketContents(t, srv.JS)
+			require.NotContains(t, after, "cb_tasks/t0", "the deleted view stays deleted")
+			require.Contains(t, after, "cb_tasks/t1", "other views stay")
+			require.Contains(t, after, "cb_tasks/t2")
+			require.Equal(t, strconv.FormatUint(head.Seq, 10), after["cb_meta/"+events.KeyProjectorSeq])
+		})
+	}
 }
 
 // bucketContents returns every view and the checkpoint.
