@@ -156,7 +156,7 @@ func TestRunner(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		b.startRunner(t)
-		id, name := b.reserve(t, "sleep 1; echo kept")
+		id, name := b.reserve(t, "sleep 3; echo kept")
 		b.waitTask(t, id, running)
 		// The log store goes away (as while a cluster elects its leader)
 		// before the container exits, and comes back a while after.
