@@ -218,7 +218,7 @@ func TestBenchReplay(t *testing.T) {
 	out := string(run(t, "bench", "replay", "--events", "3000", "--runs", "1", "--settle", "0"))
 	for _, want := range []string{
 		"replay (median of 1):", "startup without snapshot (median of 1):", "snapshot: ",
-		"startup with snapshot (median of 1):", "fold from snapshot",
+		"startup with snapshot (median of 1):", "fold from snapshot", "heap after start-up",
 	} {
 		require.Contains(t, out, want)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"time"
@@ -56,6 +57,9 @@ type ReplayResult struct {
 	FoldSnapshot                []time.Duration
 	// Settled is how long the benchmark waited before the start-ups.
 	Settled time.Duration
+	// Heap is the largest live heap once a start-up was over: the fold's
+	// state and the embedded NATS server's.
+	Heap uint64
 	// SnapshotBytes and SnapshotTake are the size of the snapshot at the head
 	// of the log and the time to encode and store it.
 	SnapshotBytes int
@@ -80,6 +84,7 @@ func (r ReplayResult) Print(w io.Writer) {
 	fmt.Fprintf(w, "snapshot: %d bytes, taken in %s\n", r.SnapshotBytes, secs(r.SnapshotTake))
 	fmt.Fprintf(w, "startup with snapshot (median of %d): %s (store open %s, fold from snapshot %s)\n", len(r.StartupSnapshot),
 		secs(med(r.StartupSnapshot)), secs(med(r.OpenSnapshot)), secs(med(r.FoldSnapshot)))
+	fmt.Fprintf(w, "heap after start-up (fold and embedded NATS server): %.0f MB\n", float64(r.Heap)/1e6)
 }
 
 // Replay builds a log of cfg.Events events (task lifecycles on one node),
@@ -131,23 +136,25 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayResult, error) {
 		res.Settled = cfg.Settle
 	}
 	for range cfg.Runs {
-		startup, fold, seq, err := startUp(ctx, open, false, cfg.Logger)
+		run, err := startUp(ctx, open, false, cfg.Logger)
 		if err != nil {
 			return res, err
 		}
-		res.StartupLog, res.Fold, res.Events = append(res.StartupLog, startup), append(res.Fold, fold), seq
-		res.OpenLog = append(res.OpenLog, startup-fold)
+		res.StartupLog, res.Fold, res.Events = append(res.StartupLog, run.startup), append(res.Fold, run.fold), run.seq
+		res.OpenLog = append(res.OpenLog, run.startup-run.fold)
+		res.Heap = max(res.Heap, run.heap)
 	}
 	if res.SnapshotBytes, res.SnapshotTake, err = snapshot(ctx, open); err != nil {
 		return res, err
 	}
 	for range cfg.Runs {
-		startup, fold, _, err := startUp(ctx, open, true, cfg.Logger)
+		run, err := startUp(ctx, open, true, cfg.Logger)
 		if err != nil {
 			return res, err
 		}
-		res.StartupSnapshot = append(res.StartupSnapshot, startup)
-		res.OpenSnapshot, res.FoldSnapshot = append(res.OpenSnapshot, startup-fold), append(res.FoldSnapshot, fold)
+		res.StartupSnapshot = append(res.StartupSnapshot, run.startup)
+		res.OpenSnapshot, res.FoldSnapshot = append(res.OpenSnapshot, run.startup-run.fold), append(res.FoldSnapshot, run.fold)
+		res.Heap = max(res.Heap, run.heap)
 	}
 	return res, nil
 }
@@ -242,11 +249,20 @@ func drain(ctx context.Context, futures *[]jetstream.PubAckFuture) error {
 // startUp opens the store and folds the log (from the newest snapshot when
 // withSnapshot), and returns the time to open and fold, the time to fold
 // alone, and the sequence reached.
-func startUp(ctx context.Context, open func() (*app.App, error), withSnapshot bool, log *slog.Logger) (startup, fold time.Duration, seq uint64, err error) {
+// startRun is one measured start-up.
+type startRun struct {
+	startup, fold time.Duration
+	seq           uint64
+	// heap is the live heap once the fold caught up: the fold's state and
+	// the embedded NATS server's.
+	heap uint64
+}
+
+func startUp(ctx context.Context, open func() (*app.App, error), withSnapshot bool, log *slog.Logger) (startRun, error) {
 	start := time.Now()
 	store, err := open()
 	if err != nil {
-		return 0, 0, 0, err
+		return startRun{}, err
 	}
 	defer store.Close()
 	cfg := projections.ReplicaConfig{JetStream: store.JetStream(), Logger: log}
@@ -255,7 +271,7 @@ func startUp(ctx context.Context, open func() (*app.App, error), withSnapshot bo
 	}
 	r, err := projections.NewReplica(cfg)
 	if err != nil {
-		return 0, 0, 0, err
+		return startRun{}, err
 	}
 	foldStart := time.Now()
 	ctx, cancel := context.WithCancel(ctx)
@@ -265,14 +281,17 @@ func startUp(ctx context.Context, open func() (*app.App, error), withSnapshot bo
 	case <-r.Ready():
 	case err := <-done:
 		cancel()
-		return 0, 0, 0, errors.Join(errors.New("the fold stopped before catching up"), err)
+		return startRun{}, errors.Join(errors.New("the fold stopped before catching up"), err)
 	}
 	end := time.Now()
+	runtime.GC()
+	var mem runtime.MemStats
+	runtime.ReadMemStats(&mem)
 	cancel()
 	if err := <-done; err != nil {
-		return 0, 0, 0, err
+		return startRun{}, err
 	}
-	return end.Sub(start), end.Sub(foldStart), r.Seq(), nil
+	return startRun{startup: end.Sub(start), fold: end.Sub(foldStart), seq: r.Seq(), heap: mem.HeapAlloc}, nil
 }
 
 // snapshot folds the whole log and stores a snapshot of it.
