@@ -80,10 +80,9 @@ func (c *cluster) alive(not *process) *process {
 
 func (c *cluster) submit(p *process, name, cmd string) string {
 	c.t.Helper()
-	var tk map[string]any
-	require.Equal(c.t, http.StatusOK, p.call(c.t, http.MethodPost, "/tasks",
-		fmt.Sprintf(`{"name":%q,"image":%q,"cmd":%q,"execution_type":"cpu"}`, name, dockertest.Image, cmd), &tk))
-	return tk["uuid"].(string)
+	id, err := trySubmit(p, name, cmd)
+	require.NoError(c.t, err)
+	return id
 }
 
 func (c *cluster) wait(p *process, id string, statuses ...string) map[string]any {
@@ -121,8 +120,8 @@ func (c *cluster) exactlyOnce(ids []string) {
 
 // TestBrokersSurviveTheLossOfOne runs two broker processes on a three-server
 // JetStream cluster (in the test process; R3 streams, buckets and object
-// stores) and two Docker engines. It kills (SIGKILL) the one running the scheduler:
-// the other takes the lease over and runs the tasks. Then, with both running
+// stores) and two Docker engines. It kills (SIGKILL) the one running the
+// scheduler: the other takes the lease over and runs the tasks. Then, with both running
 // again and a node each, it kills the one owning a node while containers run
 // there: the other takes the node over and adopts the running containers
 // (they are not started again). Last, with both running, it kills the NATS
