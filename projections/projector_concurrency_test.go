@@ -20,14 +20,7 @@ import (
 func TestProjectorsNeverWriteOlderViews(t *testing.T) {
 	t.Parallel()
 	srv := natstest.Run(t, "")
-	appendNode(t, srv)
-	appendLifecycles(t, srv, 0, 3)
-	mid, err := FoldTo(t.Context(), srv.JS, nil, Target{})
-	require.NoError(t, err)
-	appendOne(t, srv, "t0:del", &events.TaskDeleted{TaskID: "t0"})
-	appendLifecycles(t, srv, 3, 2)
-	head, err := FoldTo(t.Context(), srv.JS, nil, Target{})
-	require.NoError(t, err)
+	mid, head := deletedAfterMid(t, srv, 2)
 
 	newer, err := NewProjector(t.Context(), ProjectorConfig{JetStream: srv.JS, Replica: replicaOf(head), Now: func() time.Time { return t0 }})
 	require.NoError(t, err)
@@ -74,13 +67,7 @@ func TestDeletedViewsStayDeleted(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			srv := natstest.Run(t, "")
-			appendNode(t, srv)
-			appendLifecycles(t, srv, 0, 3)
-			mid, err := FoldTo(t.Context(), srv.JS, nil, Target{})
-			require.NoError(t, err)
-			appendOne(t, srv, "t0:del", &events.TaskDeleted{TaskID: "t0"})
-			head, err := FoldTo(t.Context(), srv.JS, nil, Target{})
-			require.NoError(t, err)
+			mid, head := deletedAfterMid(t, srv, 0)
 			now := func() time.Time { return t0 }
 			newer, err := NewProjector(t.Context(), ProjectorConfig{JetStream: srv.JS, Replica: replicaOf(head), Now: now})
 			require.NoError(t, err)
@@ -124,6 +111,22 @@ func TestDeletedViewsStayDeleted(t *testing.T) {
 			require.Equal(t, strconv.FormatUint(head.Seq, 10), after["cb_meta/"+events.KeyProjectorSeq])
 		})
 	}
+}
+
+// deletedAfterMid writes a node and three task lifecycles (t0-t2) and folds
+// them (mid), then deletes t0, writes more lifecycles and folds the whole
+// log (head).
+func deletedAfterMid(t *testing.T, srv *natstest.Server, more int) (mid, head *State) {
+	t.Helper()
+	appendNode(t, srv)
+	appendLifecycles(t, srv, 0, 3)
+	mid, err := FoldTo(t.Context(), srv.JS, nil, Target{})
+	require.NoError(t, err)
+	appendOne(t, srv, "t0:del", &events.TaskDeleted{TaskID: "t0"})
+	appendLifecycles(t, srv, 3, more)
+	head, err = FoldTo(t.Context(), srv.JS, nil, Target{})
+	require.NoError(t, err)
+	return mid, head
 }
 
 // bucketContents returns every view and the checkpoint.
