@@ -271,29 +271,7 @@ func (p *Projector) project(ctx context.Context, last uint64) (uint64, error) {
 		}
 		offered = s.offeredTypes()
 		if complete {
-			for _, a := range applied {
-				p.markDirty(s, a, tasks, nodes)
-			}
-			// A task's view names its slot after the node and the slot's
-			// place on it, which node events change (a registration
-			// renames every node).
-			for id := range nodes {
-				if n, ok := s.Nodes[id]; ok {
-					for _, sl := range n.Slots {
-						if sl.Status != SlotAvailable && sl.TaskID != "" {
-							tasks[sl.TaskID] = true
-						}
-					}
-				}
-			}
-			for _, typ := range s.QueuedTypes() {
-				if p.offered != nil && p.offered[typ] == offered[typ] {
-					continue
-				}
-				for _, t := range s.Queue(typ) {
-					tasks[t.ID] = true
-				}
-			}
+			p.dirty(s, applied, offered, tasks, nodes)
 		} else {
 			for id := range s.Tasks {
 				tasks[id] = true
@@ -398,8 +376,37 @@ func (p *Projector) settle(ctx context.Context, head uint64, views []view) error
 	return nil
 }
 
+// dirty records in tasks and nodes the views that the applied events
+// changed, the last of them leaving state s, where offered are the
+// execution types some node has slots of.
+func (p *Projector) dirty(s *State, applied []Applied, offered, tasks, nodes map[string]bool) {
+	for _, a := range applied {
+		p.markDirty(s, a, tasks, nodes)
+	}
+	// A task's view names its slot after the node and the slot's place on
+	// it, which node events change (a registration renames every node).
+	for id := range nodes {
+		if n, ok := s.Nodes[id]; ok {
+			for _, sl := range n.Slots {
+				if sl.Status != SlotAvailable && sl.TaskID != "" {
+					tasks[sl.TaskID] = true
+				}
+			}
+		}
+	}
+	// A waiting task's view says whether any node offers its type.
+	for _, typ := range s.QueuedTypes() {
+		if p.offered != nil && p.offered[typ] == offered[typ] {
+			continue
+		}
+		for _, t := range s.Queue(typ) {
+			tasks[t.ID] = true
+		}
+	}
+}
+
 // markDirty records which views an accepted event changed. A change of a
-// task's slot changes its node's view too; project adds the reverse.
+// task's slot changes its node's view too; dirty adds the reverse.
 func (p *Projector) markDirty(s *State, a Applied, tasks, nodes map[string]bool) {
 	if !a.Outcome.Accepted {
 		return
@@ -409,6 +416,10 @@ func (p *Projector) markDirty(s *State, a Applied, tasks, nodes map[string]bool)
 		tasks[a.AggregateID] = true
 		if t, ok := s.Tasks[a.AggregateID]; ok && t.NodeID != "" {
 			nodes[t.NodeID] = true
+		}
+		// The node it left, when later events of the batch moved it on.
+		if a.Outcome.PrevNodeID != "" {
+			nodes[a.Outcome.PrevNodeID] = true
 		}
 	case events.AggregateNode:
 		// Registration and removal rename every node.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+	"pgregory.net/rapid"
 
 	"github.com/cbroker/broker/events"
 	"github.com/cbroker/broker/internal/natstest"
@@ -202,4 +203,66 @@ func TestSlotViewsFollowNodeNames(t *testing.T) {
 	v = step("n2:reg", node("n2", "tcp://a:2375", map[string]int{"cpu": 1}))
 	require.NotNil(t, v.Slot)
 	require.Equal(t, "n002d-s01-cpu", v.Slot.Name, "n1 sorts after n2 now")
+}
+
+// TestIncrementalViewsEqualFullViews folds random event sequences in random
+// batches and, after each, writes only the views the projector marks
+// changed: they must always equal every view rendered afresh. A view that
+// depends on something its own events do not touch (a node's name in a
+// task's slot, the execution types nodes offer) fails it.
+func TestIncrementalViewsEqualFullViews(t *testing.T) {
+	t.Parallel()
+	rapid.Check(t, func(rt *rapid.T) {
+		p := &Projector{}
+		s := NewState()
+		written := map[string]map[string]any{}
+		write := func(views []view, prefix string) {
+			for _, v := range views {
+				if v.body == nil {
+					delete(written, prefix+v.key)
+					continue
+				}
+				written[prefix+v.key] = withoutSeq(rt, v.body)
+			}
+		}
+		seq := uint64(0)
+		for range rapid.IntRange(1, 60).Draw(rt, "batches") {
+			var applied []Applied
+			for range rapid.IntRange(1, 5).Draw(rt, "batch") {
+				seq++
+				env := envelope(rt, seq, genLikelyEvent(rt, s))
+				applied = append(applied, Applied{Seq: seq, Type: env.Type, AggregateID: env.AggregateID, Outcome: s.Apply(env)})
+			}
+			tasks, nodes, offered := map[string]bool{}, map[string]bool{}, s.offeredTypes()
+			p.dirty(s, applied, offered, tasks, nodes)
+			p.offered = offered
+			views, err := p.render(s, t0, tasks, nil)
+			require.NoError(rt, err)
+			write(views, "task/")
+			views, err = p.render(s, t0, nil, nodes)
+			require.NoError(rt, err)
+			write(views, "node/")
+
+			full := map[string]map[string]any{}
+			for id := range s.Tasks {
+				views, err := p.render(s, t0, map[string]bool{id: true}, nil)
+				require.NoError(rt, err)
+				full["task/"+id] = withoutSeq(rt, views[0].body)
+			}
+			for id := range s.Nodes {
+				views, err := p.render(s, t0, nil, map[string]bool{id: true})
+				require.NoError(rt, err)
+				full["node/"+id] = withoutSeq(rt, views[0].body)
+			}
+			require.Equal(rt, full, written, "after event %d", seq)
+		}
+	})
+}
+
+// withoutSeq decodes a view without its view_seq.
+func withoutSeq(t require.TestingT, body []byte) map[string]any {
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(body, &m))
+	delete(m, "view_seq")
+	return m
 }

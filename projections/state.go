@@ -25,6 +25,10 @@ type Outcome struct {
 	// Unknown is set for an event type this version does not know; it is
 	// skipped without effect.
 	Unknown bool `json:"unknown,omitempty"`
+	// PrevNodeID is the node a task event's task was on before the event
+	// (its slot there may have gone with it); "" otherwise. The projector
+	// rewrites that node's view too.
+	PrevNodeID string `json:"-"`
 }
 
 // State is the fold: everything the broker knows, derived from the log.
@@ -76,7 +80,12 @@ func (s *State) Apply(env events.Envelope) Outcome {
 	if env.Seq > s.Seq {
 		s.Seq = env.Seq
 	}
+	var prevNode string
+	if t, ok := s.Tasks[env.AggregateID]; ok && env.Type.Aggregate() == events.AggregateTask {
+		prevNode = t.NodeID
+	}
 	out := s.apply1(env)
+	out.PrevNodeID = prevNode
 	// A task keeps the sequence and verdict of every event about it, accepted
 	// or not, for its timeline.
 	if t, ok := s.Tasks[env.AggregateID]; ok && env.Type.Aggregate() == events.AggregateTask {
