@@ -140,27 +140,31 @@ func (p *Projector) readCheckpoint(ctx context.Context) (seq, rev uint64, err er
 }
 
 // advanceCheckpoint moves the checkpoint forward to seq, never back: a
-// projector behind another leaves it where the other put it.
-func (p *Projector) advanceCheckpoint(ctx context.Context, seq uint64) error {
+// projector behind another leaves it where the other put it. It returns the
+// checkpoint as it found or left it.
+func (p *Projector) advanceCheckpoint(ctx context.Context, seq uint64) (uint64, error) {
 	value := []byte(strconv.FormatUint(seq, 10))
 	for range maxConflicts {
 		cur, rev, err := p.readCheckpoint(ctx)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if cur >= seq && rev != 0 {
-			return nil
+			return cur, nil
 		}
 		if rev == 0 {
 			_, err = p.meta.Create(ctx, events.KeyProjectorSeq, value)
 		} else {
 			_, err = p.meta.Update(ctx, events.KeyProjectorSeq, value, rev)
 		}
-		if err == nil || !conflict(err) {
-			return err
+		if err == nil {
+			return seq, nil
+		}
+		if !conflict(err) {
+			return 0, err
 		}
 	}
-	return errors.New("writing projector checkpoint: too many concurrent writers")
+	return 0, errors.New("writing projector checkpoint: too many concurrent writers")
 }
 
 // maxConflicts bounds the compare-and-set retries of one write.
@@ -313,10 +317,11 @@ func (p *Projector) project(ctx context.Context, last uint64) (uint64, error) {
 			return last, fmt.Errorf("writing view %s: %w", v.key, err)
 		}
 	}
-	if err := p.advanceCheckpoint(ctx, head); err != nil {
+	checkpoint, err := p.advanceCheckpoint(ctx, head)
+	if err != nil {
 		return last, fmt.Errorf("writing projector checkpoint: %w", err)
 	}
-	if err := p.settle(ctx, head, views); err != nil {
+	if err := p.settle(ctx, head, checkpoint, views); err != nil {
 		return last, err
 	}
 	p.offered = offered
@@ -338,21 +343,16 @@ func (p *Projector) project(ctx context.Context, last uint64) (uint64, error) {
 //     since from an older fold.
 //
 // Task ids never come back once deleted; node ids do (a hostname registered
-// again), and a view from a newer fold is never deleted here.
-func (p *Projector) settle(ctx context.Context, head uint64, views []view) error {
-	if len(p.created) > 0 {
-		ahead, _, err := p.readCheckpoint(ctx)
-		if err != nil {
-			return err
-		}
-		if ahead > head {
-			for _, c := range p.created {
-				err := c.kv.Delete(ctx, c.key, jetstream.LastRevision(c.rev))
-				if err != nil && !conflict(err) {
-					return fmt.Errorf("withdrawing view %s: %w", c.key, err)
-				}
-				delete(p.revs, c.kv.Bucket()+"/"+c.key)
+// again), and a view from a newer fold is never deleted here. checkpoint is
+// the checkpoint as read after this pass's writes.
+func (p *Projector) settle(ctx context.Context, head, checkpoint uint64, views []view) error {
+	if checkpoint > head {
+		for _, c := range p.created {
+			err := c.kv.Delete(ctx, c.key, jetstream.LastRevision(c.rev))
+			if err != nil && !conflict(err) {
+				return fmt.Errorf("withdrawing view %s: %w", c.key, err)
 			}
+			delete(p.revs, c.kv.Bucket()+"/"+c.key)
 		}
 	}
 	for _, v := range views {

@@ -99,12 +99,18 @@ func TestDeletedViewsStayDeleted(t *testing.T) {
 			if tc.between {
 				resurrect()
 			}
-			require.NoError(t, newer.advanceCheckpoint(t.Context(), head.Seq))
-			require.NoError(t, newer.settle(t.Context(), head.Seq, views))
+			checkpoint, err := newer.advanceCheckpoint(t.Context(), head.Seq)
+			require.NoError(t, err)
+			require.Equal(t, head.Seq, checkpoint)
+			require.NoError(t, newer.settle(t.Context(), head.Seq, checkpoint, views))
 			if !tc.between {
 				resurrect()
 			}
-			require.NoError(t, stale.settle(t.Context(), mid.Seq, nil))
+			// As project does after its writes: the checkpoint stays ahead.
+			checkpoint, err = stale.advanceCheckpoint(t.Context(), mid.Seq)
+			require.NoError(t, err)
+			require.Equal(t, head.Seq, checkpoint)
+			require.NoError(t, stale.settle(t.Context(), mid.Seq, checkpoint, nil))
 			after := bucketContents(t, srv.JS)
 			require.NotContains(t, after, "cb_tasks/t0", "the deleted view stays deleted")
 			require.Contains(t, after, "cb_tasks/t1", "other views stay")

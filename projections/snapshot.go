@@ -274,19 +274,15 @@ func decodeSegments(r io.Reader, tasks, segment int) ([][]taskRecord, error) {
 	}
 	var (
 		results []*result
+		readErr error
 		wg      sync.WaitGroup
 		sem     = make(chan struct{}, runtime.GOMAXPROCS(0))
 	)
 	for read := 0; read < tasks; {
 		frame, err := readFrame(r)
 		if err != nil {
-			wg.Wait()
-			for _, res := range results {
-				if res.err != nil {
-					return nil, res.err
-				}
-			}
-			return nil, fmt.Errorf("decoding snapshot: segment %d: %w", len(results)+1, err)
+			readErr = fmt.Errorf("decoding snapshot: segment %d: %w", len(results)+1, err)
+			break
 		}
 		n := min(segment, tasks-read)
 		read += n
@@ -302,12 +298,16 @@ func decodeSegments(r io.Reader, tasks, segment int) ([][]taskRecord, error) {
 		})
 	}
 	wg.Wait()
+	// An earlier segment's error says more than a read cut short after it.
 	out := make([][]taskRecord, len(results))
 	for i, res := range results {
 		if res.err != nil {
 			return nil, res.err
 		}
 		out[i] = res.records
+	}
+	if readErr != nil {
+		return nil, readErr
 	}
 	return out, nil
 }

@@ -80,15 +80,16 @@ func (s *State) Apply(env events.Envelope) Outcome {
 	if env.Seq > s.Seq {
 		s.Seq = env.Seq
 	}
+	isTask := env.Type.Aggregate() == events.AggregateTask
 	var prevNode string
-	if t, ok := s.Tasks[env.AggregateID]; ok && env.Type.Aggregate() == events.AggregateTask {
+	if t, ok := s.Tasks[env.AggregateID]; ok && isTask {
 		prevNode = t.NodeID
 	}
 	out := s.apply1(env)
 	out.PrevNodeID = prevNode
 	// A task keeps the sequence and verdict of every event about it, accepted
 	// or not, for its timeline.
-	if t, ok := s.Tasks[env.AggregateID]; ok && env.Type.Aggregate() == events.AggregateTask {
+	if t, ok := s.Tasks[env.AggregateID]; ok && isTask {
 		t.History = append(t.History, Verdict{Seq: out.Seq, Type: out.Type, Accepted: out.Accepted, Reason: out.Reason})
 	}
 	return out
