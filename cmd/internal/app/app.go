@@ -218,6 +218,9 @@ type App struct {
 	snapshots *projections.Snapshots
 	// Owner holds this instance's node leases (runner role); nil otherwise.
 	Owner *lease.Owner
+	// leases is the lease configuration of this instance's singletons and
+	// node ownership, opened once by New.
+	leases lease.Config
 }
 
 // New connects to NATS (starting the embedded server if needed), makes sure
@@ -279,12 +282,11 @@ func (a *App) open(ctx context.Context) error {
 	if a.Replica, err = projections.NewReplica(projections.ReplicaConfig{JetStream: a.js, Logger: a.log, Snapshots: a.snapshots}); err != nil {
 		return err
 	}
+	if a.leases, err = a.openLeases(ctx); err != nil {
+		return err
+	}
 	if a.has(RoleRunner) {
-		leases, err := a.leases(ctx)
-		if err != nil {
-			return err
-		}
-		if a.Owner, err = lease.NewOwner(leases, a.Replica); err != nil {
+		if a.Owner, err = lease.NewOwner(a.leases, a.Replica); err != nil {
 			return err
 		}
 	}
@@ -531,8 +533,8 @@ var AllRoles = []string{RoleGateway, RoleScheduler, RoleRunner, RoleProjector}
 
 func (a *App) has(role string) bool { return slices.Contains(a.cfg.Roles, role) }
 
-// leases returns the lease configuration of this instance.
-func (a *App) leases(ctx context.Context) (lease.Config, error) {
+// openLeases returns the lease configuration of this instance.
+func (a *App) openLeases(ctx context.Context) (lease.Config, error) {
 	kv, err := a.js.KeyValue(ctx, events.BucketLeases)
 	if err != nil {
 		return lease.Config{}, fmt.Errorf("opening bucket %s: %w", events.BucketLeases, err)
@@ -551,10 +553,7 @@ func singleton(cfg lease.Config, name string, run func(context.Context) error) f
 // (runner); the projector and webhook sender, each active on one instance at
 // a time, and the snapshotter (projector).
 func (a *App) components(ctx context.Context) (map[string]func(context.Context) error, error) {
-	leases, err := a.leases(ctx)
-	if err != nil {
-		return nil, err
-	}
+	leases := a.leases
 	components := map[string]func(context.Context) error{"replica": a.Replica.Run}
 	if a.has(RoleGateway) {
 		hub, err := gateway.NewHub(gateway.HubConfig{JetStream: a.js, Replica: a.Replica, Logger: a.log})
