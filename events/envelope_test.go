@@ -26,6 +26,7 @@ func samples() []Payload {
 			CallbackURL: "https://example.com/hooks/cb",
 		},
 		&SlotReserved{TaskID: "t1", Attempt: 1, NodeID: "n1", SlotID: "cpu-1", ContainerName: "n-t1-a1"},
+		&AttemptClaimed{TaskID: "t1", Attempt: 1, NodeID: "n1", Runner: "b2/runner", Supersedes: "b1/runner"},
 		&ContainerStarted{TaskID: "t1", Attempt: 1, NodeID: "n1", ContainerID: "c", ContainerName: "n-t1-a1", StartedAt: at},
 		&StartFailed{TaskID: "t1", Attempt: 1, NodeID: "n1", Error: "no such image", NodeFault: true},
 		&ContainerExited{TaskID: "t1", Attempt: 1, NodeID: "n1", ExitCode: 3, OOMKilled: true, StartedAt: at, FinishedAt: at},

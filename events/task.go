@@ -57,6 +57,29 @@ func (*SlotReserved) EventType() Type { return TypeTaskSlotReserved }
 // AggregateID implements Payload.
 func (p *SlotReserved) AggregateID() string { return p.TaskID }
 
+// AttemptClaimed is a runner's proposal to create an attempt's container.
+// The fold accepts one claim per attempt (or one that names the claim it
+// replaces, when a node's new owner takes over a claim its old owner never
+// acted on), and a runner creates the container only once the fold accepted
+// its own claim. A runner whose view lags can then never create an
+// attempt's container again after its claimant ran and removed it.
+type AttemptClaimed struct {
+	TaskID  string `json:"task_id"`
+	Attempt int    `json:"attempt"`
+	NodeID  string `json:"node_id"`
+	// Runner names the claimant ("<instance>/runner").
+	Runner string `json:"runner"`
+	// Supersedes names the claimant this claim replaces; empty for the
+	// first claim of an attempt.
+	Supersedes string `json:"supersedes,omitempty"`
+}
+
+// EventType implements Payload.
+func (*AttemptClaimed) EventType() Type { return TypeTaskAttemptClaimed }
+
+// AggregateID implements Payload.
+func (p *AttemptClaimed) AggregateID() string { return p.TaskID }
+
 // ContainerStarted is the runner's report that an attempt's container runs.
 type ContainerStarted struct {
 	TaskID        string    `json:"task_id"`

@@ -34,6 +34,7 @@ const (
 	TypeTaskMarkedAsError      Type = "task.marked_as_error.v1"
 	TypeTaskDeleted            Type = "task.deleted.v1"
 	TypeTaskStaleAttemptExited Type = "task.stale_attempt_exited.v1"
+	TypeTaskAttemptClaimed     Type = "task.attempt_claimed.v1"
 
 	TypeTaskWebhookAttempted Type = "task.webhook_attempted.v1"
 	TypeTaskWebhookDelivered Type = "task.webhook_delivered.v1"
@@ -114,6 +115,7 @@ var registry = map[Type]func() Payload{
 	TypeTaskMarkedAsError:      func() Payload { return new(MarkedAsError) },
 	TypeTaskDeleted:            func() Payload { return new(TaskDeleted) },
 	TypeTaskStaleAttemptExited: func() Payload { return new(StaleAttemptExited) },
+	TypeTaskAttemptClaimed:     func() Payload { return new(AttemptClaimed) },
 	TypeNodeUpdated:            func() Payload { return new(NodeUpdated) },
 	TypeNodeAcceptanceChanged:  func() Payload { return new(NodeAcceptanceChanged) },
 	TypeNodeRemoved:            func() Payload { return new(NodeRemoved) },

@@ -83,6 +83,7 @@ func (s *State) applyReserved(t *Task, p *events.SlotReserved) error {
 	s.setStatus(t, TaskStarting)
 	t.Attempt = p.Attempt
 	t.NodeID, t.SlotID, t.ContainerName, t.ContainerID = n.ID, slot.ID, p.ContainerName, ""
+	t.Claim, t.ClaimSeq = "", 0
 	t.AttemptEnded, t.StartFailed = false, false
 	t.Killed, t.KillCause, t.Vanished = false, "", false
 	slot.Status, slot.TaskID, slot.Attempt = SlotAttaching, t.ID, t.Attempt
@@ -101,6 +102,28 @@ func currentAttempt(t *Task, attempt int, nodeID string) error {
 	case nodeID != t.NodeID:
 		return rejectf("attempt %d of task %s runs on node %s, not %s", attempt, t.ID, t.NodeID, nodeID)
 	}
+	return nil
+}
+
+// applyClaimed gives the attempt to the runner that creates its container:
+// the first claim wins; a later one only when it names the current claimant
+// (a node's new owner taking over a claim its old owner left).
+func applyClaimed(t *Task, seq uint64, p *events.AttemptClaimed) error {
+	if err := currentAttempt(t, p.Attempt, p.NodeID); err != nil {
+		return err
+	}
+	switch {
+	case t.Status != TaskStarting:
+		return rejectf("attempt %d of task %s was already started", p.Attempt, t.ID)
+	case p.Runner == "":
+		return rejectf("claim of attempt %d of task %s names no runner", p.Attempt, t.ID)
+	case t.Claim != p.Supersedes:
+		if t.Claim == "" {
+			return rejectf("attempt %d of task %s is not claimed by %s", p.Attempt, t.ID, p.Supersedes)
+		}
+		return rejectf("attempt %d of task %s is claimed by %s", p.Attempt, t.ID, t.Claim)
+	}
+	t.Claim, t.ClaimSeq = p.Runner, seq
 	return nil
 }
 

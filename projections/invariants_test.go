@@ -85,6 +85,10 @@ func checkInvariants(t require.TestingT, s *State) {
 		if task.Status == TaskFailed {
 			require.Contains(t, s.failed, task.ID)
 		}
+		if task.Claim != "" {
+			require.Positivef(t, task.ClaimSeq, "claim of task %s without its sequence", task.ID)
+			require.Positivef(t, task.Attempt, "task %s is claimed before its first reservation", task.ID)
+		}
 		if task.KillRequested != 0 {
 			require.True(t, task.Active(), "kill requested for an attempt that is not running")
 		}
@@ -130,7 +134,13 @@ func genEvent(t *rapid.T) events.Payload {
 	nodeID := rapid.SampledFrom([]string{"n1", "n2"}).Draw(t, "node")
 	attempt := rapid.IntRange(1, 5).Draw(t, "attempt")
 	slot := rapid.SampledFrom([]string{"cpu-1", "cpu-2", "io-1"}).Draw(t, "slot")
-	switch rapid.IntRange(0, 28).Draw(t, "kind") {
+	switch rapid.IntRange(0, 29).Draw(t, "kind") {
+	case 29:
+		runners := []string{"", "r1", "r2"}
+		return &events.AttemptClaimed{
+			TaskID: task, Attempt: attempt, NodeID: nodeID,
+			Runner: rapid.SampledFrom(runners).Draw(t, "runner"), Supersedes: rapid.SampledFrom(runners).Draw(t, "supersedes"),
+		}
 	case 26: // Attempt is an offset from the recorded attempts (see aimWebhook)
 		return &events.WebhookAttempted{
 			TaskID: task, Attempt: rapid.IntRange(0, 2).Draw(t, "webhook_attempt"),
@@ -264,6 +274,50 @@ func TestFoldProperties(t *testing.T) {
 			again.Apply(env)
 		}
 		require.True(rt, reflect.DeepEqual(s, again), "fold is not deterministic")
+	})
+}
+
+// TestClaimsFormOneChain races claims of one attempt from three runners,
+// some naming a claimant they replace, against the attempt's start: the
+// accepted claims form one chain (the first names nobody, each later one
+// its predecessor), and none is accepted once the container was reported
+// started or failed to start.
+func TestClaimsFormOneChain(t *testing.T) {
+	t.Parallel()
+	runners := []string{"r1", "r2", "r3"}
+	rapid.Check(t, func(rt *rapid.T) {
+		s := NewState()
+		seq := uint64(0)
+		apply := func(p events.Payload) Outcome {
+			seq++
+			return s.Apply(envelope(rt, seq, p))
+		}
+		for _, p := range []events.Payload{
+			node("n1", "tcp://a:2375", map[string]int{"cpu": 1}), &events.NodeUp{NodeID: "n1"},
+			submit("t1", "cpu", 0), reserve("t1", 1, "n1", "cpu-1"),
+		} {
+			require.True(rt, apply(p).Accepted)
+		}
+		holder, began := "", false
+		for range rapid.IntRange(1, 20).Draw(rt, "n") {
+			switch rapid.IntRange(0, 9).Draw(rt, "kind") {
+			case 0:
+				began = apply(started("t1", 1, "n1")).Accepted || began
+			case 1:
+				began = apply(&events.StartFailed{TaskID: "t1", Attempt: 1, NodeID: "n1"}).Accepted || began
+			default:
+				c := claim("t1", 1, rapid.SampledFrom(runners).Draw(rt, "runner"),
+					rapid.SampledFrom(append([]string{""}, runners...)).Draw(rt, "supersedes"))
+				out := apply(c)
+				require.Equalf(rt, !began && c.Supersedes == holder, out.Accepted,
+					"claim by %s superseding %q, held by %q, started %t: %s", c.Runner, c.Supersedes, holder, began, out.Reason)
+				if out.Accepted {
+					holder = c.Runner
+				}
+			}
+			require.Equal(rt, holder, s.Tasks["t1"].Claim)
+			checkInvariants(rt, s)
+		}
 	})
 }
 

@@ -86,6 +86,10 @@ type Task struct {
 	FinishedAt    time.Time `json:"finished_at,omitzero"`
 	ExitCode      *int      `json:"exit_code,omitempty"`
 	Error         string    `json:"error,omitempty"`
+	// Claim is the runner that creates the current attempt's container
+	// (task.attempt_claimed), and ClaimSeq the sequence of its claim.
+	Claim    string `json:"claim,omitempty"`
+	ClaimSeq uint64 `json:"claim_seq,omitempty"`
 	// NotBefore is the earliest time a retry may be reserved.
 	NotBefore time.Time `json:"not_before,omitzero"`
 	// AttemptEnded is set once the current attempt has exited or failed to

@@ -21,8 +21,8 @@ import (
 // another version is ignored (the fold starts from the log instead), so a
 // change of the Task or Node records only needs this constant bumped.
 // Version 3 splits the tasks into segments decoded in parallel (version 2
-// was one gob value).
-const SnapshotVersion = 3
+// was one gob value); version 4 adds the attempt's claim to tasks.
+const SnapshotVersion = 4
 
 // A snapshot is a sequence of frames, each a big-endian uint64 length and
 // that many bytes: the CRC-32C of the rest and an S2 block (the gob of

@@ -161,6 +161,8 @@ func (s *State) apply(env events.Envelope, p events.Payload) error {
 		return s.applySubmitted(env, p)
 	case *events.SlotReserved:
 		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyReserved(t, p) })
+	case *events.AttemptClaimed:
+		return s.withTask(env, p.TaskID, func(t *Task) error { return applyClaimed(t, env.Seq, p) })
 	case *events.ContainerStarted:
 		return s.withTask(env, p.TaskID, func(t *Task) error { return s.applyStarted(t, p) })
 	case *events.StartFailed:

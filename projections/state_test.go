@@ -53,6 +53,10 @@ func reserve(task string, attempt int, nodeID, slot string) *events.SlotReserved
 	return &events.SlotReserved{TaskID: task, Attempt: attempt, NodeID: nodeID, SlotID: slot, ContainerName: ContainerName("job", task, attempt)}
 }
 
+func claim(task string, attempt int, runner, supersedes string) *events.AttemptClaimed {
+	return &events.AttemptClaimed{TaskID: task, Attempt: attempt, NodeID: "n1", Runner: runner, Supersedes: supersedes}
+}
+
 func started(task string, attempt int, nodeID string) *events.ContainerStarted {
 	return &events.ContainerStarted{TaskID: task, Attempt: attempt, NodeID: nodeID, ContainerID: "c", StartedAt: t0}
 }
@@ -179,6 +183,29 @@ func TestFoldTable(t *testing.T) {
 			{p: &events.NodeUnstable{NodeID: "n1"}, reject: "not available"},
 			{p: &events.NodeDown{NodeID: "n1"}},
 			{p: up},
+		},
+		"OneClaimPerAttempt": {
+			{p: node("n1", "tcp://a:2375", map[string]int{"cpu": 1})},
+			{p: up},
+			{p: submit("t1", "cpu", 3)},
+			{p: claim("t1", 1, "r1", ""), reject: "is not current (current 0)"},
+			{p: reserve("t1", 1, "n1", "cpu-1")},
+			{p: claim("t1", 1, "", ""), reject: "names no runner"},
+			{p: claim("t1", 1, "r1", "r2"), reject: "is not claimed by r2"},
+			{p: claim("t1", 1, "r1", "")},
+			{p: claim("t1", 1, "r2", ""), reject: "is claimed by r1"},
+			{p: claim("t1", 1, "r2", "r3"), reject: "is claimed by r1"},
+			{p: claim("t1", 1, "r2", "r1")}, // the node's new owner takes over
+			{p: claim("t1", 1, "r1", "r1"), reject: "is claimed by r2"},
+			{p: started("t1", 1, "n1")},
+			{p: claim("t1", 1, "r3", "r2"), reject: "already started"},
+			{p: exited("t1", 1, "n1", 1)},
+			{p: claim("t1", 1, "r3", "r2"), reject: "not running"},
+			{p: retrying("t1", 1)},
+			{p: reserve("t1", 2, "n1", "cpu-1")},
+			{p: claim("t1", 1, "r1", ""), reject: "attempt 1 of task t1 is not current (current 2)"},
+			{p: claim("t1", 2, "r1", "r2"), reject: "is not claimed by r2"}, // each attempt starts unclaimed
+			{p: claim("t1", 2, "r1", "")},
 		},
 		"UnknownTask": {
 			{p: started("nope", 1, "n1"), reject: "task nope does not exist"},

@@ -62,15 +62,29 @@ type Config struct {
 	// compared with the fold (also at start and whenever a node comes
 	// back). Defaults to 30s.
 	ReconcileInterval time.Duration
+	// ClaimTimeout is how long another runner's claim on an attempt may go
+	// unanswered (no start, no start failure) before this runner, owning the
+	// node, takes the attempt over. A claim made before this runner owned
+	// the node is taken over at once. Defaults to 15 minutes, longer than an
+	// image pull and a container start may take.
+	ClaimTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
 
+// errNotClaimed ends an attempt's goroutine whose claim the fold did not
+// accept: another runner creates the container.
+var errNotClaimed = errors.New("attempt claimed by another runner")
+
 // Runner starts a container for every reservation the fold accepted on a
 // node it owns, waits for it, archives its logs, reports its exit and removes
-// it. After a restart it picks up where it stopped: a reservation whose
-// container exists is adopted (the create hits a name conflict), a running
-// container is waited for again, an exited one is reported.
+// it. It creates a container only after the fold accepted its claim on the
+// attempt (task.attempt_claimed), so two runners that both believe they own
+// a node never both create one: the second create could otherwise come
+// after the first container ran and was removed. After a restart it picks
+// up where it stopped: a reservation whose container exists is adopted (the
+// create hits a name conflict), a running container is waited for again, an
+// exited one is reported.
 type Runner struct {
 	cfg Config
 	log *slog.Logger
@@ -81,6 +95,8 @@ type Runner struct {
 	cancels     map[attemptKey]attemptCancel      // in-flight attempts' cancellation
 	signalled   map[attemptKey]bool               // kill or stop sent to the attempt's container
 	nodes       map[string]projections.NodeStatus // last status seen per owned node
+	ownedSince  map[string]uint64                 // per owned node, the fold's sequence when it was first seen owned
+	foreign     map[attemptKey]time.Time          // starting attempts claimed by another runner: when first seen
 	reconciling map[string]bool                   // node ids with a reconciliation under way
 }
 
@@ -109,8 +125,10 @@ type job struct {
 	key         attemptKey
 	node        runtime.Node
 	spec        runtime.Spec
-	adopt       bool  // the container was started before
-	specErr     error // the spec cannot be built (unknown mount)
+	adopt       bool   // the container was started before
+	claimed     bool   // the fold has this runner's claim on the attempt already
+	supersedes  string // the claimant this runner's claim replaces
+	specErr     error  // the spec cannot be built (unknown mount)
 	correlation string
 	causation   string
 }
@@ -145,6 +163,9 @@ func New(cfg Config) (*Runner, error) {
 	if cfg.ReconcileInterval <= 0 {
 		cfg.ReconcileInterval = 30 * time.Second
 	}
+	if cfg.ClaimTimeout <= 0 {
+		cfg.ClaimTimeout = 15 * time.Minute
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -152,6 +173,7 @@ func New(cfg Config) (*Runner, error) {
 		cfg: cfg, log: cfg.Logger.With(slog.String("component", "runner")),
 		attempts: map[attemptKey]bool{}, signalled: map[attemptKey]bool{}, cancels: map[attemptKey]attemptCancel{},
 		nodes: map[string]projections.NodeStatus{}, reconciling: map[string]bool{},
+		ownedSince: map[string]uint64{}, foreign: map[attemptKey]time.Time{},
 	}, nil
 }
 
@@ -189,10 +211,16 @@ func (r *Runner) Run(ctx context.Context) error {
 			r.mu.Unlock()
 			wg.Go(func() {
 				defer cancel()
-				r.run(jctx, j)
+				err := r.run(jctx, j)
 				r.mu.Lock()
 				defer r.mu.Unlock()
 				delete(r.cancels, j.key)
+				if errors.Is(err, errNotClaimed) {
+					// Look again at the next change: the claimant's start is
+					// followed like any other, its silence taken over.
+					delete(r.attempts, j.key)
+					return
+				}
 				if jctx.Err() != nil && ctx.Err() == nil {
 					// Its node was given up: a later owner (maybe this
 					// runner again) adopts the attempt.
@@ -243,6 +271,9 @@ func (r *Runner) collect(all bool) ([]job, []signal, []runtime.Node) {
 				continue
 			}
 			prev, seen := r.nodes[id]
+			if !seen {
+				r.ownedSince[id] = s.Seq
+			}
 			r.nodes[id] = n.Status
 			back := n.Status == projections.NodeAvailable && (!seen || prev != projections.NodeAvailable)
 			if (back || (all && n.Status == projections.NodeAvailable)) && !r.reconciling[id] {
@@ -253,6 +284,11 @@ func (r *Runner) collect(all bool) ([]job, []signal, []runtime.Node) {
 		for id := range r.nodes {
 			if _, ok := s.Nodes[id]; !ok {
 				delete(r.nodes, id)
+			}
+		}
+		for id := range r.ownedSince {
+			if _, ok := r.nodes[id]; !ok {
+				delete(r.ownedSince, id)
 			}
 		}
 		gone := func(key attemptKey) bool {
@@ -269,6 +305,11 @@ func (r *Runner) collect(all bool) ([]job, []signal, []runtime.Node) {
 				delete(r.signalled, key)
 			}
 		}
+		for key := range r.foreign {
+			if t := s.Tasks[key.task]; gone(key) || t.Status != projections.TaskStarting {
+				delete(r.foreign, key)
+			}
+		}
 		for key, c := range r.cancels {
 			if r.cfg.Owns != nil && !r.cfg.Owns(c.node) {
 				c.cancel() // stop following, never kill: the new owner adopts it
@@ -282,8 +323,12 @@ func (r *Runner) collect(all bool) ([]job, []signal, []runtime.Node) {
 			}
 			key := attemptKey{t.ID, t.Attempt}
 			if _, ok := r.attempts[key]; !ok {
-				r.attempts[key] = false
-				jobs = append(jobs, r.newJob(t, n))
+				if supersedes, ok := r.mayClaim(t, key); ok {
+					r.attempts[key] = false
+					j := r.newJob(t, n)
+					j.supersedes = supersedes
+					jobs = append(jobs, j)
+				}
 			}
 			// A client's kill is a SIGKILL; a cancel or a timeout stops
 			// gracefully.
@@ -296,6 +341,31 @@ func (r *Runner) collect(all bool) ([]job, []signal, []runtime.Node) {
 		}
 	})
 	return jobs, signals, nodes
+}
+
+// mayClaim decides whether this runner may take a starting attempt of a
+// node it owns: one nobody claimed, its own, or one whose claimant it
+// supersedes (returned): a claim made before this runner owned the node, or
+// one left unanswered for ClaimTimeout. Attempts already started are
+// always followed. The caller holds r.mu and the replica's read lock.
+func (r *Runner) mayClaim(t *projections.Task, key attemptKey) (supersedes string, ok bool) {
+	if t.Status != projections.TaskStarting || t.Claim == "" || t.Claim == r.cfg.Writer.Actor {
+		return "", true
+	}
+	if t.ClaimSeq <= r.ownedSince[t.NodeID] {
+		return t.Claim, true
+	}
+	first, seen := r.foreign[key]
+	if !seen {
+		r.foreign[key] = time.Now()
+		return "", false
+	}
+	if time.Since(first) < r.cfg.ClaimTimeout {
+		return "", false
+	}
+	r.log.Warn("taking over an unanswered claim", slog.String("task_id", key.task), slog.Int("attempt", key.attempt),
+		slog.String("claimant", t.Claim), slog.Duration("unanswered_for", time.Since(first)))
+	return t.Claim, true
 }
 
 // signal kills or stops an attempt's container; its exit is then reported
@@ -329,6 +399,7 @@ func (r *Runner) newJob(t *projections.Task, n *projections.Node) job {
 			},
 		},
 		adopt:       t.Status == projections.TaskStarted,
+		claimed:     t.Claim == r.cfg.Writer.Actor,
 		correlation: t.CorrelationID,
 		causation:   t.LastEventID,
 	}
@@ -364,7 +435,9 @@ func (r *Runner) propose(ctx context.Context, j job, p events.Payload) error {
 	return err
 }
 
-func (r *Runner) run(ctx context.Context, j job) {
+// run follows one attempt to its end. It returns errNotClaimed when another
+// runner's claim on the attempt won.
+func (r *Runner) run(ctx context.Context, j job) error {
 	log := r.log.With(slog.String("task_id", j.key.task), slog.Int("attempt", j.key.attempt), slog.String("node_id", j.node.ID))
 	rt, ok := r.cfg.Runtimes.For(j.node.Hostname)
 	if !ok {
@@ -377,19 +450,56 @@ func (r *Runner) run(ctx context.Context, j job) {
 	if j.adopt {
 		c, err = r.attach(ctx, rt, j)
 	} else {
+		if err := r.claim(ctx, j, log); err != nil {
+			return err
+		}
 		c, err = r.start(ctx, rt, j, log)
 	}
 	if err != nil || c == nil {
-		return
+		return err
 	}
 	exit, err := r.wait(ctx, rt, j, c)
 	if err != nil {
-		return
+		return err
 	}
 	// The container has ended: finish the report even if asked to stop.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.FinishTimeout)
 	defer cancel()
 	r.finish(fctx, rt, j, exit, log)
+	return nil
+}
+
+// claim proposes this runner's claim on the attempt (unless the fold has it
+// already) and waits for the fold's verdict: only the claimant creates the
+// container. Folding up to the claim also folds every report before it, so
+// a claim that comes after the attempt ran elsewhere is refused.
+func (r *Runner) claim(ctx context.Context, j job, log *slog.Logger) error {
+	me := r.cfg.Writer.Actor
+	if !j.claimed {
+		p := &events.AttemptClaimed{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID, Runner: me, Supersedes: j.supersedes}
+		acks, err := r.cfg.Writer.Propose(ctx, actor.Proposal{
+			// The claimant and the claim it replaces are part of the key: the
+			// duplicate window must not merge two runners' claims.
+			Key:     actor.TaskKey(j.key.task, j.key.attempt, p.EventType()) + ":" + me + ":" + j.supersedes,
+			Payload: p, CorrelationID: j.correlation, CausationID: j.causation,
+		})
+		if err != nil {
+			return err
+		}
+		if _, err := r.cfg.Replica.WaitSeq(ctx, acks[0].Seq); err != nil && !errors.Is(err, projections.ErrOutcomeForgotten) {
+			return err
+		}
+	}
+	mine := false
+	r.cfg.Replica.Read(func(s *projections.State) {
+		t := s.Tasks[j.key.task]
+		mine = t != nil && t.Attempt == j.key.attempt && t.Active() && t.Status == projections.TaskStarting && t.Claim == me
+	})
+	if !mine {
+		log.DebugContext(ctx, "attempt not claimed; another runner creates its container")
+		return errNotClaimed
+	}
+	return nil
 }
 
 func (r *Runner) start(ctx context.Context, rt runtime.Runtime, j job, log *slog.Logger) (runtime.Container, error) {

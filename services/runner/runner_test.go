@@ -80,14 +80,62 @@ func (b *bundle) reserve(t *testing.T, cmd string) (string, string) {
 	return id, name
 }
 
-func (b *bundle) startRunner(t *testing.T) context.CancelFunc {
+func (b *bundle) startRunner(t *testing.T, opts ...func(*runner.Config)) context.CancelFunc {
 	t.Helper()
-	r, err := runner.New(runner.Config{
+	cfg := runner.Config{
 		Replica: b.replica, Writer: b.writer, JetStream: b.srv.JS,
 		Runtimes: runtime.Set{b.rt}, BrokerID: b.broker, RetryDelay: 100 * time.Millisecond, StopGrace: 2 * time.Second,
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	r, err := runner.New(cfg)
 	require.NoError(t, err)
 	return run(t, r.Run)
+}
+
+// reserveClaimed submits a task, reserves its first attempt and claims it
+// for another runner, in one pipelined append: the runner under test sees
+// the claim before it could place its own.
+func (b *bundle) reserveClaimed(t *testing.T, cmd, claimant string) (string, string) {
+	t.Helper()
+	id := uuid.NewString()
+	name := projections.ContainerName("runner test", id, 1)
+	acks, err := b.writer.Propose(t.Context(),
+		actor.Proposal{Key: uuid.NewString(), Payload: &events.TaskSubmitted{TaskID: id, Name: "runner test", Image: dockertest.Image, Cmd: cmd, ExecutionType: "cpu"}},
+		actor.Proposal{Key: uuid.NewString(), Payload: &events.SlotReserved{TaskID: id, Attempt: 1, NodeID: b.nodeID, SlotID: "cpu-1", ContainerName: name}},
+		actor.Proposal{Key: uuid.NewString(), Payload: &events.AttemptClaimed{TaskID: id, Attempt: 1, NodeID: b.nodeID, Runner: claimant}},
+	)
+	require.NoError(t, err)
+	for _, a := range acks {
+		out, err := b.replica.WaitSeq(t.Context(), a.Seq)
+		require.NoError(t, err)
+		require.Truef(t, out.Accepted, "%s rejected: %s", out.Type, out.Reason)
+	}
+	return id, name
+}
+
+// claims returns the runners whose claims on a task the fold accepted, in
+// order, and how many it refused.
+func (b *bundle) claims(t *testing.T, id string) (accepted []string, refused int) {
+	t.Helper()
+	envs := natstest.Events(t, b.srv.JS)
+	s := projections.NewState()
+	for i, env := range envs {
+		env.Seq = uint64(i + 1)
+		out := s.Apply(env)
+		if env.AggregateID != id || env.Type != events.TypeTaskAttemptClaimed {
+			continue
+		}
+		if !out.Accepted {
+			refused++
+			continue
+		}
+		p, err := env.Payload()
+		require.NoError(t, err)
+		accepted = append(accepted, p.(*events.AttemptClaimed).Runner)
+	}
+	return accepted, refused
 }
 
 func (b *bundle) waitTask(t *testing.T, id string, cond func(*projections.Task) bool) *projections.Task {
@@ -123,7 +171,7 @@ func (b *bundle) history(t *testing.T, id string) []events.Type {
 // ranAndArchived is the history of a task whose attempt ran, archived its
 // logs and exited.
 var ranAndArchived = []events.Type{
-	events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskContainerStarted,
+	events.TypeTaskSubmitted, events.TypeTaskSlotReserved, events.TypeTaskAttemptClaimed, events.TypeTaskContainerStarted,
 	events.TypeTaskLogsArchived, events.TypeTaskContainerExited,
 }
 
@@ -312,6 +360,62 @@ func TestRunner(t *testing.T) {
 		info, err := b.engine.Client.ContainerInspect(t.Context(), created.ID)
 		require.NoError(t, err, "the foreign container is never touched")
 		require.True(t, info.State.Running)
+	})
+
+	t.Run("LeavesAnAttemptToTheRunnerThatClaimedIt", func(t *testing.T) {
+		// Two runners believe they own the node (a split brain). The other
+		// claimed the attempt first: this one must never create its
+		// container, which could come after the other ran and removed it.
+		t.Parallel()
+		b := setup(t)
+		b.startRunner(t)
+		warm, _ := b.reserve(t, "true")
+		b.waitTask(t, warm, ended) // the runner has owned the node since before the claim
+		id, name := b.reserveClaimed(t, "true", "other/runner")
+		never := func() bool {
+			_, err := b.engine.Client.ContainerInspect(t.Context(), name)
+			return err == nil
+		}
+		require.Never(t, never, 2*time.Second, 20*time.Millisecond, "a container was created for an attempt another runner claimed")
+		accepted, _ := b.claims(t, id)
+		require.Equal(t, []string{"other/runner"}, accepted)
+		var tk projections.Task
+		b.replica.Read(func(s *projections.State) { tk = *s.Tasks[id] })
+		require.Equal(t, projections.TaskStarting, tk.Status)
+		require.Equal(t, "other/runner", tk.Claim)
+	})
+
+	t.Run("TakesOverAClaimMadeBeforeItOwnedTheNode", func(t *testing.T) {
+		// The node's previous owner claimed the attempt and died before
+		// creating anything; this runner (a restart, or the node's new
+		// owner) replaces the claim and runs the attempt.
+		t.Parallel()
+		b := setup(t)
+		id, _ := b.reserveClaimed(t, "echo taken over", "gone/runner")
+		b.startRunner(t)
+		task := b.waitTask(t, id, ended)
+		require.Equal(t, new(0), task.ExitCode)
+		accepted, refused := b.claims(t, id)
+		require.Equal(t, []string{"gone/runner", b.writer.Actor}, accepted)
+		require.Zero(t, refused)
+	})
+
+	t.Run("TakesOverAClaimLeftUnanswered", func(t *testing.T) {
+		// A claim made while this runner owned the node is another
+		// runner's (a split brain); left without a start for ClaimTimeout,
+		// it is taken over.
+		t.Parallel()
+		b := setup(t)
+		const timeout = time.Second
+		b.startRunner(t, func(c *runner.Config) { c.ClaimTimeout, c.ReconcileInterval = timeout, 100*time.Millisecond })
+		warm, _ := b.reserve(t, "true")
+		b.waitTask(t, warm, ended)
+		claimed := time.Now()
+		id, _ := b.reserveClaimed(t, "true", "silent/runner")
+		b.waitTask(t, id, ended)
+		require.GreaterOrEqual(t, time.Since(claimed), timeout)
+		accepted, _ := b.claims(t, id)
+		require.Equal(t, []string{"silent/runner", b.writer.Actor}, accepted)
 	})
 
 	t.Run("UnknownMountFailsTheStart", func(t *testing.T) {

@@ -91,7 +91,7 @@ func TestSplitBrainIsHarmless(t *testing.T) {
 		task string
 		n    int
 	}
-	reserved, started, exited := map[attempt]int{}, map[attempt]int{}, map[attempt]int{}
+	reserved, claimed, started, exited := map[attempt]int{}, map[attempt]int{}, map[attempt]int{}, map[attempt]int{}
 	ended := map[string]int{}
 	rogueStored, rejected := 0, 0
 	for i, env := range envs {
@@ -109,6 +109,8 @@ func TestSplitBrainIsHarmless(t *testing.T) {
 		switch p := p.(type) {
 		case *events.SlotReserved:
 			reserved[attempt{p.TaskID, p.Attempt}]++
+		case *events.AttemptClaimed:
+			claimed[attempt{p.TaskID, p.Attempt}]++
 		case *events.ContainerStarted:
 			started[attempt{p.TaskID, p.Attempt}]++
 		case *events.ContainerExited:
@@ -124,24 +126,27 @@ func TestSplitBrainIsHarmless(t *testing.T) {
 		for n := 1; n <= 1+i%2; n++ {
 			a := attempt{id, n}
 			require.Equal(t, 1, reserved[a], "task %d attempt %d reserved once", i, n)
+			require.Equal(t, 1, claimed[a], "task %d attempt %d claimed once", i, n)
 			require.Equal(t, 1, started[a], "task %d attempt %d started once", i, n)
 			require.Equal(t, 1, exited[a], "task %d attempt %d exited once", i, n)
 		}
 	}
-	// Docker saw one container per attempt: a second create of a name
-	// conflicts and is adopted instead.
-	created := map[string]int{}
+	// Docker created and started one container per attempt, once: only the
+	// claimant creates, and the other runner only follows what it started.
+	created, begun := map[string]int{}, map[string]int{}
 	for _, e := range es {
 		out, err := exec.CommandContext(t.Context(), "docker", "-H", e.Hostname, "events",
 			"--since", start.Add(-time.Second).Format(time.RFC3339Nano), "--until", time.Now().Format(time.RFC3339Nano),
-			"--filter", "event=create", "--filter", "label=io.cbroker.broker="+b.app.BrokerID,
-			"--format", "{{.Actor.Attributes.name}}").Output()
+			"--filter", "event=create", "--filter", "event=start", "--filter", "label=io.cbroker.broker="+b.app.BrokerID,
+			"--format", "{{.Action}} {{.Actor.Attributes.name}}").Output()
 		require.NoError(t, err)
-		for name := range strings.FieldsSeq(string(out)) {
-			created[name]++
+		for line := range strings.Lines(string(out)) {
+			action, name, _ := strings.Cut(strings.TrimSpace(line), " ")
+			map[string]map[string]int{"create": created, "start": begun}[action][name]++
 		}
 	}
 	require.Len(t, created, 16+8, "one container per attempt")
+	require.Equal(t, created, begun, "each container started once")
 	for name, n := range created {
 		require.Equal(t, 1, n, "container %s created %d times", name, n)
 	}

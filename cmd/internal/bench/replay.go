@@ -210,6 +210,9 @@ func writeLog(ctx context.Context, js jetstream.JetStream, n int) (int, error) {
 				return &events.SlotReserved{TaskID: id, Attempt: 1, NodeID: nodeID, SlotID: "cpu-" + strconv.Itoa(i+1), ContainerName: projections.ContainerName("bench", id, 1)}
 			},
 			func(_ int, id string) events.Payload {
+				return &events.AttemptClaimed{TaskID: id, Attempt: 1, NodeID: nodeID, Runner: "bench/runner"}
+			},
+			func(_ int, id string) events.Payload {
 				return &events.ContainerStarted{TaskID: id, Attempt: 1, NodeID: nodeID, ContainerID: "bench-" + id, StartedAt: now}
 			},
 			func(_ int, id string) events.Payload {
