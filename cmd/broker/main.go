@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -168,6 +169,8 @@ type benchLifecyclesCmd struct {
 	Tasks   int `name:"tasks" default:"10000" help:"Number of tasks to submit."`
 	Clients int `name:"clients" default:"8" help:"Concurrent HTTP clients submitting them."`
 	Slots   int `name:"slots" default:"64" help:"Slots of the benchmark's no-op node."`
+	// CPUProfile is for finding where a lifecycle's time goes.
+	CPUProfile string `name:"cpuprofile" type:"path" help:"Write a CPU profile of the run (go tool pprof) to this file."`
 }
 
 // quiet keeps the broker under test to its warnings and errors, unless
@@ -180,6 +183,17 @@ func quiet(ctx context.Context, log *slog.Logger) *slog.Logger {
 }
 
 func (b *benchLifecyclesCmd) Run(ctx context.Context, log *slog.Logger) error {
+	if b.CPUProfile != "" {
+		f, err := os.Create(b.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	res, err := bench.Run(ctx, bench.Config{Tasks: b.Tasks, Clients: b.Clients, Slots: b.Slots, Logger: quiet(ctx, log)})
 	if err != nil {
 		return err
