@@ -160,7 +160,8 @@ func Replay(ctx context.Context, cfg ReplayConfig) (ReplayResult, error) {
 }
 
 // writeLog appends task lifecycles (submitted, slot_reserved,
-// container_started, logs_archived, container_exited, completed) on a node of
+// attempt_claimed, container_started, logs_archived, container_exited,
+// completed) on a node of
 // 64 slots, 64 tasks at a time, until the log holds n events.
 func writeLog(ctx context.Context, js jetstream.JetStream, n int) (int, error) {
 	const slots = 64
