@@ -11,9 +11,17 @@ hosts=$(scripts/engines.sh)
 export "${hosts?}"
 echo "test engines: ${CB_TEST_DOCKER_HOSTS}"
 
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
 status=0
 while read -r dir path; do
 	echo "== $path"
-	(cd "$dir" && go vet ./... && go test -race -count=1 "$@" ./...) || status=1
+	(cd "$dir" && go vet ./... && go test -race -count=1 "$@" ./...) 2>&1 | tee "$out/$(basename "$path").out" || status=1
 done < <(go list -m -f '{{.Dir}} {{.Path}}')
+if [ "$status" -ne 0 ]; then
+	# The components' logs bury a failed assertion; repeat what the failed
+	# tests said (their indented output), panics and races at the end.
+	echo "== failures"
+	awk '/--- FAIL|^panic:|DATA RACE|^FAIL/ || /^[ \t]+[^ \t]/' "$out"/*.out | head -300 || true
+fi
 exit $status
