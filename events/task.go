@@ -67,7 +67,9 @@ type AttemptClaimed struct {
 	TaskID  string `json:"task_id"`
 	Attempt int    `json:"attempt"`
 	NodeID  string `json:"node_id"`
-	// Runner names the claimant ("<instance>/runner").
+	// Runner names the claimant ("<instance>/runner"). Empty, the event
+	// withdraws the claim named by Supersedes: its runner gave the node up
+	// before it started anything.
 	Runner string `json:"runner"`
 	// Supersedes names the claimant this claim replaces; empty for the
 	// first claim of an attempt.

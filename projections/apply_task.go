@@ -107,7 +107,10 @@ func currentAttempt(t *Task, attempt int, nodeID string) error {
 
 // applyClaimed gives the attempt to the runner that creates its container:
 // the first claim wins; a later one only when it names the current claimant
-// (a node's new owner taking over a claim its old owner left).
+// (a node's new owner taking over a claim its old owner left). A claim with
+// no runner withdraws the one it names (its runner gave the node up before
+// starting anything). ClaimSeq moves with every accepted claim or
+// withdrawal.
 func applyClaimed(t *Task, seq uint64, p *events.AttemptClaimed) error {
 	if err := currentAttempt(t, p.Attempt, p.NodeID); err != nil {
 		return err
@@ -115,7 +118,7 @@ func applyClaimed(t *Task, seq uint64, p *events.AttemptClaimed) error {
 	switch {
 	case t.Status != TaskStarting:
 		return rejectf("attempt %d of task %s was already started", p.Attempt, t.ID)
-	case p.Runner == "":
+	case p.Runner == "" && p.Supersedes == "":
 		return rejectf("claim of attempt %d of task %s names no runner", p.Attempt, t.ID)
 	case t.Claim != p.Supersedes:
 		if t.Claim == "" {

@@ -278,10 +278,10 @@ func TestFoldProperties(t *testing.T) {
 }
 
 // TestClaimsFormOneChain races claims of one attempt from three runners,
-// some naming a claimant they replace, against the attempt's start: the
-// accepted claims form one chain (the first names nobody, each later one
-// its predecessor), and none is accepted once the container was reported
-// started or failed to start.
+// some naming a claimant they replace, some withdrawing one (no runner),
+// against the attempt's start: the accepted claims form one chain (each
+// names the claimant before it, or nobody when there is none), and none is
+// accepted once the container was reported started or failed to start.
 func TestClaimsFormOneChain(t *testing.T) {
 	t.Parallel()
 	runners := []string{"r1", "r2", "r3"}
@@ -306,10 +306,11 @@ func TestClaimsFormOneChain(t *testing.T) {
 			case 1:
 				began = apply(&events.StartFailed{TaskID: "t1", Attempt: 1, NodeID: "n1"}).Accepted || began
 			default:
-				c := claim("t1", 1, rapid.SampledFrom(runners).Draw(rt, "runner"),
+				c := claim("t1", 1, rapid.SampledFrom(append([]string{""}, runners...)).Draw(rt, "runner"),
 					rapid.SampledFrom(append([]string{""}, runners...)).Draw(rt, "supersedes"))
 				out := apply(c)
-				require.Equalf(rt, !began && c.Supersedes == holder, out.Accepted,
+				valid := c.Runner != "" || c.Supersedes != ""
+				require.Equalf(rt, valid && !began && c.Supersedes == holder, out.Accepted,
 					"claim by %s superseding %q, held by %q, started %t: %s", c.Runner, c.Supersedes, holder, began, out.Reason)
 				if out.Accepted {
 					holder = c.Runner

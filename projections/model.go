@@ -87,7 +87,8 @@ type Task struct {
 	ExitCode      *int      `json:"exit_code,omitempty"`
 	Error         string    `json:"error,omitempty"`
 	// Claim is the runner that creates the current attempt's container
-	// (task.attempt_claimed), and ClaimSeq the sequence of its claim.
+	// (task.attempt_claimed), and ClaimSeq the sequence of the last claim
+	// or withdrawal accepted for the attempt.
 	Claim    string `json:"claim,omitempty"`
 	ClaimSeq uint64 `json:"claim_seq,omitempty"`
 	// NotBefore is the earliest time a retry may be reserved.

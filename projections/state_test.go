@@ -206,6 +206,10 @@ func TestFoldTable(t *testing.T) {
 			{p: claim("t1", 1, "r1", ""), reject: "attempt 1 of task t1 is not current (current 2)"},
 			{p: claim("t1", 2, "r1", "r2"), reject: "is not claimed by r2"}, // each attempt starts unclaimed
 			{p: claim("t1", 2, "r1", "")},
+			{p: claim("t1", 2, "", "r2"), reject: "is claimed by r1"},
+			{p: claim("t1", 2, "", "r1")}, // r1 gave the node up before starting
+			{p: claim("t1", 2, "", "r1"), reject: "is not claimed by r1"},
+			{p: claim("t1", 2, "r2", "")},
 		},
 		"UnknownTask": {
 			{p: started("nope", 1, "n1"), reject: "task nope does not exist"},

@@ -128,6 +128,7 @@ type job struct {
 	adopt       bool   // the container was started before
 	claimed     bool   // the fold has this runner's claim on the attempt already
 	supersedes  string // the claimant this runner's claim replaces
+	claimSeq    uint64 // the attempt's ClaimSeq when the job was made: names this claim's key
 	specErr     error  // the spec cannot be built (unknown mount)
 	correlation string
 	causation   string
@@ -212,6 +213,9 @@ func (r *Runner) Run(ctx context.Context) error {
 			wg.Go(func() {
 				defer cancel()
 				err := r.run(jctx, j)
+				if jctx.Err() != nil && ctx.Err() == nil {
+					r.withdraw(ctx, j)
+				}
 				r.mu.Lock()
 				defer r.mu.Unlock()
 				delete(r.cancels, j.key)
@@ -400,6 +404,7 @@ func (r *Runner) newJob(t *projections.Task, n *projections.Node) job {
 		},
 		adopt:       t.Status == projections.TaskStarted,
 		claimed:     t.Claim == r.cfg.Writer.Actor,
+		claimSeq:    t.ClaimSeq,
 		correlation: t.CorrelationID,
 		causation:   t.LastEventID,
 	}
@@ -469,6 +474,39 @@ func (r *Runner) run(ctx context.Context, j job) error {
 	return nil
 }
 
+func claimKey(key attemptKey, runner string, claimSeq uint64) string {
+	return actor.TaskKey(key.task, key.attempt, events.TypeTaskAttemptClaimed) + ":" + runner + ":" + strconv.FormatUint(claimSeq, 10)
+}
+
+// withdraw gives back this runner's claim on an attempt it started nothing
+// for, after giving up the attempt's node: the new owner then claims it at
+// once, whatever the order in which the two saw the node change hands. If
+// the create had reached Docker, the new owner's create hits the name
+// conflict and adopts the container.
+func (r *Runner) withdraw(ctx context.Context, j job) {
+	me := r.cfg.Writer.Actor
+	var claimSeq uint64
+	mine := false
+	r.cfg.Replica.Read(func(s *projections.State) {
+		t := s.Tasks[j.key.task]
+		mine = t != nil && t.Attempt == j.key.attempt && t.Status == projections.TaskStarting && t.Claim == me
+		if mine {
+			claimSeq = t.ClaimSeq
+		}
+	})
+	if !mine {
+		return
+	}
+	wctx, cancel := context.WithTimeout(ctx, r.cfg.FinishTimeout)
+	defer cancel()
+	p := &events.AttemptClaimed{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID, Supersedes: me}
+	if _, err := r.cfg.Writer.Propose(wctx, actor.Proposal{
+		Key: claimKey(j.key, "", claimSeq), Payload: p, CorrelationID: j.correlation, CausationID: j.causation,
+	}); err != nil {
+		r.log.WarnContext(ctx, "withdrawing a claim", slog.String("task_id", j.key.task), slog.Int("attempt", j.key.attempt), slog.Any("error", err))
+	}
+}
+
 // claim proposes this runner's claim on the attempt (unless the fold has it
 // already) and waits for the fold's verdict: only the claimant creates the
 // container. Folding up to the claim also folds every report before it, so
@@ -478,9 +516,11 @@ func (r *Runner) claim(ctx context.Context, j job, log *slog.Logger) error {
 	if !j.claimed {
 		p := &events.AttemptClaimed{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID, Runner: me, Supersedes: j.supersedes}
 		acks, err := r.cfg.Writer.Propose(ctx, actor.Proposal{
-			// The claimant and the claim it replaces are part of the key: the
-			// duplicate window must not merge two runners' claims.
-			Key:     actor.TaskKey(j.key.task, j.key.attempt, p.EventType()) + ":" + me + ":" + j.supersedes,
+			// The claimant and the state of the claim it changes are part
+			// of the key: the duplicate window must merge neither two
+			// runners' claims nor this runner's claims before and after a
+			// withdrawal.
+			Key:     claimKey(j.key, me, j.claimSeq),
 			Payload: p, CorrelationID: j.correlation, CausationID: j.causation,
 		})
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,6 +114,23 @@ func (b *bundle) reserveClaimed(t *testing.T, cmd, claimant string) (string, str
 		require.Truef(t, out.Accepted, "%s rejected: %s", out.Type, out.Reason)
 	}
 	return id, name
+}
+
+// hangingStart is a runtime whose Start, while hang is set, waits for its
+// context to end (a node whose create hangs).
+type hangingStart struct {
+	runtime.Runtime
+	hang    atomic.Bool
+	started chan struct{}
+}
+
+func (h *hangingStart) Start(ctx context.Context, node runtime.Node, spec runtime.Spec) (runtime.Container, error) {
+	if h.hang.Load() {
+		h.started <- struct{}{}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return h.Runtime.Start(ctx, node, spec)
 }
 
 // claims returns the runners whose claims on a task the fold accepted, in
@@ -416,6 +434,37 @@ func TestRunner(t *testing.T) {
 		require.GreaterOrEqual(t, time.Since(claimed), timeout)
 		accepted, _ := b.claims(t, id)
 		require.Equal(t, []string{"silent/runner", b.writer.Actor}, accepted)
+	})
+
+	t.Run("WithdrawsItsClaimWhenItGivesTheNodeUp", func(t *testing.T) {
+		// The runner loses the node while its create hangs: it withdraws
+		// its claim, so that the node's next owner (here the same runner,
+		// once the node is back) claims the attempt at once and runs it.
+		t.Parallel()
+		b := setup(t)
+		var owns atomic.Bool
+		owns.Store(true)
+		changed := make(chan struct{}, 1)
+		rt := &hangingStart{Runtime: b.rt, started: make(chan struct{}, 1)}
+		rt.hang.Store(true)
+		b.startRunner(t, func(c *runner.Config) {
+			c.Runtimes = runtime.Set{rt}
+			c.Owns = func(string) bool { return owns.Load() }
+			c.OwnerChanged = func() <-chan struct{} { return changed }
+		})
+		id, _ := b.reserve(t, "echo ran")
+		<-rt.started
+		rt.hang.Store(false)
+		owns.Store(false)
+		changed <- struct{}{}
+		b.waitTask(t, id, func(tk *projections.Task) bool { return tk.Claim == "" && tk.ClaimSeq > 0 })
+		owns.Store(true)
+		changed <- struct{}{}
+		task := b.waitTask(t, id, ended)
+		require.Equal(t, new(0), task.ExitCode)
+		accepted, refused := b.claims(t, id)
+		require.Equal(t, []string{b.writer.Actor, "", b.writer.Actor}, accepted, "claimed, withdrawn, claimed again")
+		require.Zero(t, refused)
 	})
 
 	t.Run("UnknownMountFailsTheStart", func(t *testing.T) {
