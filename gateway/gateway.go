@@ -92,6 +92,9 @@ type Gateway struct {
 	// idem is the idempotency bucket, looked up once (see idempotencyBucket).
 	idemMu sync.Mutex
 	idem   jetstream.KeyValue
+	// releases are the idempotency records being withdrawn after 5xx
+	// answers (see release); Serve waits for them.
+	releases sync.WaitGroup
 }
 
 // New returns a gateway with its routes.
@@ -196,7 +199,9 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
+	err := srv.Shutdown(sctx)
+	g.releases.Wait() // they stop at g.closing
+	if err != nil {
 		return fmt.Errorf("shutting down http api: %w", err)
 	}
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {

@@ -85,6 +85,12 @@ func (g *Gateway) idempotency(next echo.HandlerFunc) echo.HandlerFunc {
 			if errors.As(err, &replayed) {
 				return replayed.err
 			}
+			var herr *httpError
+			if errors.As(err, &herr) && herr.status >= 500 {
+				// A Create whose reply was lost may be stored even so, and
+				// would answer this key's retries with 409.
+				g.release(ctx, kv, key, mine.Claim, true)
+			}
 			return err
 		}
 		c.Set(ctxIdempotencyKey, key)
@@ -100,9 +106,7 @@ func (g *Gateway) idempotency(next echo.HandlerFunc) echo.HandlerFunc {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		if rec.status >= 500 {
-			if err := retryKV(fctx, func(ctx context.Context) error { return kv.Delete(ctx, key) }); err != nil {
-				g.log.WarnContext(fctx, "releasing an idempotency key", slog.Any("error", err))
-			}
+			g.release(ctx, kv, key, mine.Claim, false)
 			return nil
 		}
 		done := mine
@@ -113,6 +117,68 @@ func (g *Gateway) idempotency(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		return nil
 	}
+}
+
+// releaseSettle is how long a release after a failed claim keeps looking
+// for the claim's record before it concludes that the Create was lost.
+const releaseSettle = 5 * time.Second
+
+// release withdraws a request's pending record after a 5xx answer, so that
+// a retry with the same key runs at once instead of meeting 409 until
+// pendingTimeout. Only the request's own record is deleted, by revision.
+// The first try is made before the answer goes out, so that an immediate
+// retry finds the key free. If the store does not answer (it is often as
+// unavailable as what made the request fail: a stream electing its leader),
+// it goes on in the background for as long as the key would stay blocked.
+// After a failed claim (uncertain) the record may appear late, when a
+// Create whose reply was lost is stored after all: it keeps looking for
+// releaseSettle.
+func (g *Gateway) release(ctx context.Context, kv jetstream.KeyValue, key, claim string, uncertain bool) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pendingTimeout)
+	var absent time.Time
+	step := func() (bool, error) {
+		actx, acancel := context.WithTimeout(ctx, appendAttempt)
+		defer acancel()
+		e, err := kv.Get(actx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			if absent.IsZero() {
+				absent = time.Now()
+			}
+			return !uncertain || time.Since(absent) >= releaseSettle, nil
+		case err != nil:
+			return false, err
+		}
+		var prev answer
+		if json.Unmarshal(e.Value(), &prev) != nil || prev.State != "pending" || prev.Claim != claim {
+			return true, nil // not this request's record
+		}
+		err = kv.Delete(actx, key, jetstream.LastRevision(e.Revision()))
+		// Released, or taken over meanwhile.
+		return err == nil || errors.Is(err, jetstream.ErrKeyRevisionMismatch), err
+	}
+	if done, _ := step(); done {
+		cancel()
+		return
+	}
+	g.releases.Go(func() {
+		defer cancel()
+		for {
+			select {
+			case <-time.After(200 * time.Millisecond):
+			case <-g.closing:
+				return
+			case <-ctx.Done():
+				g.log.WarnContext(ctx, "releasing an idempotency key: it stays blocked until a retry takes it over", slog.String("key", key))
+				return
+			}
+			if done, err := step(); done {
+				return
+			} else if err != nil {
+				g.log.DebugContext(ctx, "releasing an idempotency key; retrying", slog.Any("error", err))
+			}
+		}
+	})
 }
 
 // idempotencyBucket returns the idempotency bucket. The handle is looked up
@@ -175,14 +241,26 @@ func (g *Gateway) claim(c echo.Context, kv jetstream.KeyValue, key string, mine 
 			}
 			continue
 		}
-		tries++
-		e, err := kv.Get(ctx, key)
+		gctx, gcancel := context.WithTimeout(ctx, appendAttempt)
+		e, err := kv.Get(gctx, key)
+		gcancel()
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			tries++
 			continue // gone in between: try again
 		}
 		if err != nil {
-			return errorf(http.StatusServiceUnavailable, "idempotency store: %v", err)
+			// The store may have taken the Create and lost its leader
+			// before this read: keep reading while the request may wait.
+			if !events.Transient(err) || ctx.Err() != nil || time.Now().After(deadline) {
+				return errorf(http.StatusServiceUnavailable, "idempotency store: %v", err)
+			}
+			select {
+			case <-time.After(200 * time.Millisecond):
+			case <-ctx.Done():
+			}
+			continue
 		}
+		tries++
 		var prev answer
 		if err := json.Unmarshal(e.Value(), &prev); err != nil {
 			return errorf(http.StatusInternalServerError, "idempotency store holds a malformed answer: %v", err)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -80,7 +81,7 @@ func (c *cluster) alive(not *process) *process {
 
 func (c *cluster) submit(p *process, name, cmd string) string {
 	c.t.Helper()
-	id, err := trySubmit(p, name, cmd)
+	id, _, err := trySubmit(p, name, cmd)
 	require.NoError(c.t, err)
 	return id
 }
@@ -210,16 +211,18 @@ func TestBrokersSurviveTheLossOfOne(t *testing.T) {
 	leader := servers.StreamLeader(events.StreamName)
 	start = time.Now()
 	var (
-		mu    sync.Mutex
-		burst []string
-		errs  []error
-		wg    sync.WaitGroup
+		mu      sync.Mutex
+		burst   []string
+		errs    []error
+		retries []string
+		wg      sync.WaitGroup
 	)
 	for i := range 12 {
 		wg.Go(func() {
-			id, err := trySubmit(gateways[i%2], fmt.Sprintf("burst-%d", i), "sleep 1; echo ok")
+			id, retried, err := trySubmit(gateways[i%2], fmt.Sprintf("burst-%d", i), "sleep 1; echo ok")
 			mu.Lock()
 			defer mu.Unlock()
+			retries = append(retries, retried...)
 			if err != nil {
 				errs = append(errs, err)
 				return
@@ -233,7 +236,10 @@ func TestBrokersSurviveTheLossOfOne(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	t.Logf("every submission answered %v after the kill", time.Since(killed).Round(time.Millisecond))
+	t.Logf("every submission accepted %v after the kill, after %d client retries", time.Since(killed).Round(time.Millisecond), len(retries))
+	for _, r := range retries {
+		t.Logf("retried %s", r)
+	}
 	require.Empty(t, errs)
 	require.Len(t, burst, 12, "every submission accepted")
 	for _, id := range burst {
@@ -243,17 +249,43 @@ func TestBrokersSurviveTheLossOfOne(t *testing.T) {
 	requireStartedOnce(t, es, string(e.Value()), start, burst)
 }
 
-// trySubmit submits a task from any goroutine.
-func trySubmit(p *process, name, cmd string) (string, error) {
+// trySubmit submits a task from any goroutine, as a careful client does:
+// with an X-Idempotency-Key, retrying a 5xx or a 409 (the key's first
+// request still in progress) with the same key for up to a minute. A
+// stream that has no leader for longer than the gateway waits for an
+// append (10 s; RAFT elects within 4-9 s, more on a loaded machine) is
+// answered 503. It returns the task's id and why it retried.
+func trySubmit(p *process, name, cmd string) (string, []string, error) {
 	body := fmt.Sprintf(`{"name":%q,"image":%q,"cmd":%q,"execution_type":"cpu"}`, name, dockertest.Image, cmd)
+	key := name + "-" + uuid.NewString()
+	deadline := time.Now().Add(time.Minute)
+	var retried []string
+	for {
+		sent := time.Now()
+		code, id, msg, err := postTask(p, key, body)
+		switch {
+		case err == nil && code == http.StatusOK && id != "":
+			return id, retried, nil
+		case err == nil && code < 500 && code != http.StatusConflict:
+			return "", retried, fmt.Errorf("%s: %d %s", name, code, msg)
+		case time.Now().After(deadline):
+			return "", retried, fmt.Errorf("%s: still failing after %d retries: %d %s %v", name, len(retried), code, msg, err)
+		}
+		retried = append(retried, fmt.Sprintf("%s after %v: %d %s %v", name, time.Since(sent).Round(time.Millisecond), code, msg, err))
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func postTask(p *process, key, body string) (code int, id, msg string, err error) {
 	req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, p.base+"/tasks", strings.NewReader(body))
 	if err != nil {
-		return "", err
+		return 0, "", "", err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Idempotency-Key", key)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return "", err
+		return 0, "", "", err
 	}
 	defer resp.Body.Close()
 	var tk struct {
@@ -261,12 +293,9 @@ func trySubmit(p *process, name, cmd string) (string, error) {
 		Error string `json:"error"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&tk); err != nil {
-		return "", fmt.Errorf("%s: %d: %w", name, resp.StatusCode, err)
+		return resp.StatusCode, "", "", err
 	}
-	if resp.StatusCode != http.StatusOK || tk.UUID == "" {
-		return "", fmt.Errorf("%s: %d %s", name, resp.StatusCode, tk.Error)
-	}
-	return tk.UUID, nil
+	return resp.StatusCode, tk.UUID, tk.Error, nil
 }
 
 // requireStartedOnce checks from Docker's events that each task of a broker
