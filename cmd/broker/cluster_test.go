@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os/exec"
@@ -269,7 +270,7 @@ func trySubmit(p *process, name, cmd string) (string, []string, error) {
 		case err == nil && code < 500 && code != http.StatusConflict:
 			return "", retried, fmt.Errorf("%s: %d %s", name, code, msg)
 		case time.Now().After(deadline):
-			return "", retried, fmt.Errorf("%s: still failing after %d retries: %d %s: %w", name, len(retried), code, msg, err)
+			return "", retried, errors.Join(fmt.Errorf("%s: still failing after %d retries: %d %s", name, len(retried), code, msg), err)
 		}
 		retried = append(retried, fmt.Sprintf("%s after %v: %d %s %v", name, time.Since(sent).Round(time.Millisecond), code, msg, err))
 		time.Sleep(500 * time.Millisecond)
