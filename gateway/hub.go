@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -136,22 +137,32 @@ func (h *Hub) Run(ctx context.Context) error {
 }
 
 func (h *Hub) run(ctx context.Context) error {
-	stream, err := h.cfg.JetStream.Stream(ctx, events.StreamName)
+	var (
+		stream jetstream.Stream
+		cons   jetstream.Consumer
+		last   uint64
+	)
+	err := events.Retry(ctx, h.log, "opening the event stream", time.Second, func(ctx context.Context) error {
+		var err error
+		if stream, err = h.cfg.JetStream.Stream(ctx, events.StreamName); err != nil {
+			return fmt.Errorf("opening stream %s: %w", events.StreamName, err)
+		}
+		info, err := stream.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("reading stream %s: %w", events.StreamName, err)
+		}
+		last = info.State.LastSeq
+		cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.AllSubjects}, DeliverPolicy: jetstream.DeliverAllPolicy}
+		if last > 0 {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, last+1
+		}
+		if cons, err = h.cfg.JetStream.OrderedConsumer(ctx, events.StreamName, cfg); err != nil {
+			return fmt.Errorf("consuming stream %s: %w", events.StreamName, err)
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("opening stream %s: %w", events.StreamName, err)
-	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("reading stream %s: %w", events.StreamName, err)
-	}
-	last := info.State.LastSeq
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.AllSubjects}, DeliverPolicy: jetstream.DeliverAllPolicy}
-	if last > 0 {
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, last+1
-	}
-	cons, err := h.cfg.JetStream.OrderedConsumer(ctx, events.StreamName, cfg)
-	if err != nil {
-		return fmt.Errorf("consuming stream %s: %w", events.StreamName, err)
+		return err
 	}
 	h.mu.Lock()
 	h.stream, h.head, h.floor = stream, last, last

@@ -188,11 +188,19 @@ func (g *Gateway) idempotencyBucket(ctx context.Context) (jetstream.KeyValue, er
 	g.idemMu.Lock()
 	defer g.idemMu.Unlock()
 	if g.idem == nil {
-		kv, err := g.cfg.JetStream.KeyValue(ctx, events.BucketIdempotency)
+		// Retried like an append: the bucket's stream may be electing.
+		ctx, cancel := context.WithTimeout(ctx, g.cfg.AppendTimeout)
+		defer cancel()
+		err := events.Retry(ctx, g.log, "opening the idempotency bucket", 200*time.Millisecond, func(ctx context.Context) error {
+			actx, acancel := context.WithTimeout(ctx, appendAttempt)
+			defer acancel()
+			kv, err := g.cfg.JetStream.KeyValue(actx, events.BucketIdempotency)
+			g.idem = kv
+			return err
+		})
 		if err != nil {
 			return nil, err
 		}
-		g.idem = kv
 	}
 	return g.idem, nil
 }

@@ -89,8 +89,16 @@ func (p *Projector) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	}
-	last, err := p.checkpoint(ctx)
+	var last uint64
+	err := events.Retry(ctx, p.log, "reading the projector checkpoint", p.cfg.RetryDelay, func(ctx context.Context) error {
+		var err error
+		last, err = p.checkpoint(ctx)
+		return err
+	})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil //nolint:nilerr // stopping: the error is the cancellation
+		}
 		return err
 	}
 	for {

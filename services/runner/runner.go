@@ -186,11 +186,17 @@ func (r *Runner) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	}
-	obs, err := r.cfg.JetStream.ObjectStore(ctx, events.ObjectStoreLogs)
+	err := events.Retry(ctx, r.log, "opening log store", r.cfg.RetryDelay, func(ctx context.Context) error {
+		obs, err := r.cfg.JetStream.ObjectStore(ctx, events.ObjectStoreLogs)
+		r.obs = obs
+		return err
+	})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("opening log store: %w", err)
 	}
-	r.obs = obs
 	r.log.InfoContext(ctx, "runner started")
 	var wg sync.WaitGroup
 	defer wg.Wait()

@@ -2,6 +2,7 @@ package runner_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cbroker/broker/events"
@@ -131,6 +133,20 @@ func (h *hangingStart) Start(ctx context.Context, node runtime.Node, spec runtim
 		return nil, ctx.Err()
 	}
 	return h.Runtime.Start(ctx, node, spec)
+}
+
+// electingJetStream times out the first openings of an object store, as
+// while its stream elects a leader.
+type electingJetStream struct {
+	jetstream.JetStream
+	failures atomic.Int32
+}
+
+func (j *electingJetStream) ObjectStore(ctx context.Context, bucket string) (jetstream.ObjectStore, error) {
+	if j.failures.Add(-1) >= 0 {
+		return nil, fmt.Errorf("opening %s: %w", bucket, context.DeadlineExceeded)
+	}
+	return j.JetStream.ObjectStore(ctx, bucket)
 }
 
 // claims returns the runners whose claims on a task the fold accepted, in
@@ -465,6 +481,21 @@ func TestRunner(t *testing.T) {
 		accepted, refused := b.claims(t, id)
 		require.Equal(t, []string{b.writer.Actor, "", b.writer.Actor}, accepted, "claimed, withdrawn, claimed again")
 		require.Zero(t, refused)
+	})
+
+	t.Run("StartsWhileTheLogStoreElectsItsLeader", func(t *testing.T) {
+		// Opening the log store asks its stream's leader; a runner started
+		// during an election waits for it instead of failing (and taking
+		// the broker down with it).
+		t.Parallel()
+		b := setup(t)
+		js := &electingJetStream{JetStream: b.srv.JS}
+		js.failures.Store(2)
+		b.startRunner(t, func(c *runner.Config) { c.JetStream = js })
+		id, _ := b.reserve(t, "true")
+		task := b.waitTask(t, id, ended)
+		require.Equal(t, new(0), task.ExitCode)
+		require.Negative(t, js.failures.Load(), "the store was opened after two timeouts")
 	})
 
 	t.Run("UnknownMountFailsTheStart", func(t *testing.T) {

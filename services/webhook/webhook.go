@@ -196,7 +196,12 @@ func (s *Service) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	}
-	stream, err := s.cfg.JetStream.Stream(ctx, events.StreamName)
+	var stream jetstream.Stream
+	err := events.Retry(ctx, s.log, "opening the event stream", time.Second, func(ctx context.Context) error {
+		var err error
+		stream, err = s.cfg.JetStream.Stream(ctx, events.StreamName)
+		return err
+	})
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil

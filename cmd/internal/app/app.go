@@ -272,17 +272,22 @@ func (a *App) open(ctx context.Context) error {
 	if err := a.connect(ctx); err != nil {
 		return err
 	}
-	var err error
-	if a.BrokerID, err = brokerID(ctx, a.js); err != nil {
+	// Each opening asks an asset's leader, which a cluster may be electing.
+	err := events.Retry(ctx, a.log, "opening the event store", time.Second, func(ctx context.Context) error {
+		var err error
+		if a.BrokerID, err = brokerID(ctx, a.js); err != nil {
+			return err
+		}
+		if a.snapshots, err = projections.OpenSnapshots(ctx, a.js, a.log); err != nil {
+			return err
+		}
+		a.leases, err = a.openLeases(ctx)
 		return err
-	}
-	if a.snapshots, err = projections.OpenSnapshots(ctx, a.js, a.log); err != nil {
+	})
+	if err != nil {
 		return err
 	}
 	if a.Replica, err = projections.NewReplica(projections.ReplicaConfig{JetStream: a.js, Logger: a.log, Snapshots: a.snapshots}); err != nil {
-		return err
-	}
-	if a.leases, err = a.openLeases(ctx); err != nil {
 		return err
 	}
 	if a.has(RoleRunner) {
@@ -607,7 +612,12 @@ func (a *App) components(ctx context.Context) (map[string]func(context.Context) 
 		components["local-node"] = a.registerLocalNode
 	}
 	if a.has(RoleProjector) {
-		projector, err := projections.NewProjector(ctx, projections.ProjectorConfig{JetStream: a.js, Replica: a.Replica, Logger: a.log})
+		var projector *projections.Projector
+		err := events.Retry(ctx, a.log, "opening the view buckets", time.Second, func(ctx context.Context) error {
+			var err error
+			projector, err = projections.NewProjector(ctx, projections.ProjectorConfig{JetStream: a.js, Replica: a.Replica, Logger: a.log})
+			return err
+		})
 		if err != nil {
 			return nil, err
 		}
