@@ -75,11 +75,19 @@ type lossyAckJetStream struct {
 }
 
 func (j *lossyAckJetStream) KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
-	kv, err := j.JetStream.KeyValue(ctx, bucket)
+	return wrapIdempotencyBucket(ctx, j.JetStream, bucket, func(kv jetstream.KeyValue) jetstream.KeyValue {
+		return &lossyAckBucket{KeyValue: kv, lost: &j.lost, getFailures: &j.getFailures}
+	})
+}
+
+// wrapIdempotencyBucket opens a bucket, wrapping it when it is the
+// idempotency bucket.
+func wrapIdempotencyBucket(ctx context.Context, js jetstream.JetStream, bucket string, wrap func(jetstream.KeyValue) jetstream.KeyValue) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, bucket)
 	if err != nil || bucket != events.BucketIdempotency {
 		return kv, err
 	}
-	return &lossyAckBucket{KeyValue: kv, lost: &j.lost, getFailures: &j.getFailures}, nil
+	return wrap(kv), nil
 }
 
 type lossyAckBucket struct {
@@ -149,11 +157,9 @@ type outageJetStream struct {
 }
 
 func (j *outageJetStream) KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
-	kv, err := j.JetStream.KeyValue(ctx, bucket)
-	if err != nil || bucket != events.BucketIdempotency {
-		return kv, err
-	}
-	return &outageBucket{KeyValue: kv, j: j}, nil
+	return wrapIdempotencyBucket(ctx, j.JetStream, bucket, func(kv jetstream.KeyValue) jetstream.KeyValue {
+		return &outageBucket{KeyValue: kv, j: j}
+	})
 }
 
 type outageBucket struct {

@@ -240,12 +240,8 @@ func (g *Gateway) claim(c echo.Context, kv jetstream.KeyValue, key string, mine 
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			// The bucket's stream may be electing a leader; the Create may
 			// have been stored even so, which the next try recognises.
-			if !events.Transient(err) || ctx.Err() != nil || time.Now().After(deadline) {
-				return errorf(http.StatusServiceUnavailable, "idempotency store: %v", err)
-			}
-			select {
-			case <-time.After(200 * time.Millisecond):
-			case <-ctx.Done():
+			if err := pauseIfTransient(ctx, err, deadline); err != nil {
+				return err
 			}
 			continue
 		}
@@ -259,12 +255,8 @@ func (g *Gateway) claim(c echo.Context, kv jetstream.KeyValue, key string, mine 
 		if err != nil {
 			// The store may have taken the Create and lost its leader
 			// before this read: keep reading while the request may wait.
-			if !events.Transient(err) || ctx.Err() != nil || time.Now().After(deadline) {
-				return errorf(http.StatusServiceUnavailable, "idempotency store: %v", err)
-			}
-			select {
-			case <-time.After(200 * time.Millisecond):
-			case <-ctx.Done():
+			if err := pauseIfTransient(ctx, err, deadline); err != nil {
+				return err
 			}
 			continue
 		}
@@ -292,6 +284,19 @@ func (g *Gateway) claim(c echo.Context, kv jetstream.KeyValue, key string, mine 
 		}
 	}
 	return errorf(http.StatusConflict, "a request with this %s is in progress; retry later", HeaderIdempotencyKey)
+}
+
+// pauseIfTransient waits a moment before the claim tries the store again,
+// or answers 503 when err is not transient or the request may wait no more.
+func pauseIfTransient(ctx context.Context, err error, deadline time.Time) error {
+	if !events.Transient(err) || ctx.Err() != nil || time.Now().After(deadline) {
+		return errorf(http.StatusServiceUnavailable, "idempotency store: %v", err)
+	}
+	select {
+	case <-time.After(200 * time.Millisecond):
+	case <-ctx.Done():
+	}
+	return nil
 }
 
 // replayedError ends a request whose stored answer was sent.
