@@ -126,7 +126,13 @@ func TestSplitBrainIsHarmless(t *testing.T) {
 		for n := 1; n <= 1+i%2; n++ {
 			a := attempt{id, n}
 			require.Equal(t, 1, reserved[a], "task %d attempt %d reserved once", i, n)
-			require.Equal(t, 1, claimed[a], "task %d attempt %d claimed once", i, n)
+			// A claim may be taken over (the broker's node lease can lapse
+			// under load and be taken again): at least one, and the
+			// containers below say whether anything ran twice.
+			require.Positive(t, claimed[a], "task %d attempt %d claimed", i, n)
+			if claimed[a] > 1 {
+				t.Logf("task %d attempt %d: %d accepted claims (taken over or withdrawn)", i, n, claimed[a])
+			}
 			require.Equal(t, 1, started[a], "task %d attempt %d started once", i, n)
 			require.Equal(t, 1, exited[a], "task %d attempt %d exited once", i, n)
 		}
