@@ -199,11 +199,12 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	err := srv.Shutdown(sctx)
-	g.releases.Wait() // they stop at g.closing
-	if err != nil {
+	if err := srv.Shutdown(sctx); err != nil {
 		return fmt.Errorf("shutting down http api: %w", err)
 	}
+	// Every handler has returned, so no release starts any more; those
+	// under way stop at g.closing.
+	g.releases.Wait()
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("http api: %w", err)
 	}
