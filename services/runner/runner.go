@@ -480,6 +480,20 @@ func (r *Runner) run(ctx context.Context, j job) error {
 	return nil
 }
 
+// holdsClaim reports whether the fold gives this runner's claim the
+// attempt, still starting (nothing created yet, or not reported), and the
+// claim's sequence.
+func (r *Runner) holdsClaim(key attemptKey) (claimSeq uint64, mine bool) {
+	r.cfg.Replica.Read(func(s *projections.State) {
+		t := s.Tasks[key.task]
+		mine = t != nil && t.Attempt == key.attempt && t.Active() && t.Status == projections.TaskStarting && t.Claim == r.cfg.Writer.Actor
+		if mine {
+			claimSeq = t.ClaimSeq
+		}
+	})
+	return claimSeq, mine
+}
+
 func claimKey(key attemptKey, runner string, claimSeq uint64) string {
 	return actor.TaskKey(key.task, key.attempt, events.TypeTaskAttemptClaimed) + ":" + runner + ":" + strconv.FormatUint(claimSeq, 10)
 }
@@ -490,22 +504,13 @@ func claimKey(key attemptKey, runner string, claimSeq uint64) string {
 // the create had reached Docker, the new owner's create hits the name
 // conflict and adopts the container.
 func (r *Runner) withdraw(ctx context.Context, j job) {
-	me := r.cfg.Writer.Actor
-	var claimSeq uint64
-	mine := false
-	r.cfg.Replica.Read(func(s *projections.State) {
-		t := s.Tasks[j.key.task]
-		mine = t != nil && t.Attempt == j.key.attempt && t.Status == projections.TaskStarting && t.Claim == me
-		if mine {
-			claimSeq = t.ClaimSeq
-		}
-	})
+	claimSeq, mine := r.holdsClaim(j.key)
 	if !mine {
 		return
 	}
 	wctx, cancel := context.WithTimeout(ctx, r.cfg.FinishTimeout)
 	defer cancel()
-	p := &events.AttemptClaimed{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID, Supersedes: me}
+	p := &events.AttemptClaimed{TaskID: j.key.task, Attempt: j.key.attempt, NodeID: j.node.ID, Supersedes: r.cfg.Writer.Actor}
 	if _, err := r.cfg.Writer.Propose(wctx, actor.Proposal{
 		Key: claimKey(j.key, "", claimSeq), Payload: p, CorrelationID: j.correlation, CausationID: j.causation,
 	}); err != nil {
@@ -536,12 +541,7 @@ func (r *Runner) claim(ctx context.Context, j job, log *slog.Logger) error {
 			return err
 		}
 	}
-	mine := false
-	r.cfg.Replica.Read(func(s *projections.State) {
-		t := s.Tasks[j.key.task]
-		mine = t != nil && t.Attempt == j.key.attempt && t.Active() && t.Status == projections.TaskStarting && t.Claim == me
-	})
-	if !mine {
+	if _, mine := r.holdsClaim(j.key); !mine {
 		log.DebugContext(ctx, "attempt not claimed; another runner creates its container")
 		return errNotClaimed
 	}
