@@ -219,21 +219,19 @@ func (r *Runner) Run(ctx context.Context) error {
 			wg.Go(func() {
 				defer cancel()
 				err := r.run(jctx, j)
-				if jctx.Err() != nil && ctx.Err() == nil {
+				givenUp := jctx.Err() != nil && ctx.Err() == nil
+				if givenUp {
 					r.withdraw(ctx, j)
 				}
 				r.mu.Lock()
 				defer r.mu.Unlock()
 				delete(r.cancels, j.key)
-				if errors.Is(err, errNotClaimed) {
-					// Look again at the next change: the claimant's start is
-					// followed like any other, its silence taken over.
-					delete(r.attempts, j.key)
-					return
-				}
-				if jctx.Err() != nil && ctx.Err() == nil {
+				if givenUp || errors.Is(err, errNotClaimed) {
 					// Its node was given up: a later owner (maybe this
-					// runner again) adopts the attempt.
+					// runner again) adopts the attempt. Or another runner
+					// claimed it: look again at the next change, where the
+					// claimant's start is followed like any other and its
+					// silence taken over.
 					delete(r.attempts, j.key)
 					return
 				}
